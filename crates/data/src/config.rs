@@ -142,6 +142,10 @@ pub struct DataConfig {
     /// Seed of shuffling, mixture sampling and the validation split.
     #[serde(default)]
     pub seed: u64,
+    /// Reshuffle each source's documents every epoch (false: file order, e.g. for curricula or
+    /// hand-checkable tests).
+    #[serde(default = "default_true")]
+    pub shuffle: bool,
     /// Fraction of each source's documents held out for validation (0 = none).
     #[serde(default)]
     pub validation_fraction: f64,

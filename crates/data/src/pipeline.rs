@@ -262,6 +262,7 @@ struct TrainFeed<'a> {
     cursor: &'a mut SourceCursor,
     cache: &'a mut CursorCache,
     seed: u64,
+    shuffle: bool,
     index: usize,
     stats: &'a mut PipelineStats,
 }
@@ -275,8 +276,11 @@ impl DocFeed for TrainFeed<'_> {
             self.cursor.offset = 0;
         }
         if self.cache.perm_epoch != Some(self.cursor.epoch) {
-            let s = derive_seed(self.seed, &[self.index as u64, self.cursor.epoch]);
-            self.cache.perm = permutation(n as usize, s);
+            self.cache.perm = if self.shuffle {
+                permutation(n as usize, derive_seed(self.seed, &[self.index as u64, self.cursor.epoch]))
+            } else {
+                (0..n as u32).collect()
+            };
             self.cache.perm_epoch = Some(self.cursor.epoch);
         }
         let doc = self.src.train[self.cache.perm[self.cursor.position as usize] as usize];
@@ -476,6 +480,7 @@ impl Pipeline {
                 cursor: &mut self.state.cursors[s],
                 cache: &mut self.caches[s],
                 seed: self.cfg.seed,
+                shuffle: self.cfg.shuffle,
                 index: s,
                 stats: &mut self.stats,
             };
@@ -573,6 +578,7 @@ fn fingerprint(cfg: &DataConfig, sources: &[LoadedSource]) -> u64 {
         .collect();
     let key = serde_json::json!({
         "seed": cfg.seed,
+        "shuffle": cfg.shuffle,
         "seq_len": cfg.seq_len,
         "mode": cfg.mode,
         "packing": cfg.packing,
