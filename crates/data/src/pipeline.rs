@@ -139,6 +139,8 @@ pub struct PipelineStats {
     pub targets: u64,
     /// Documents tokenised.
     pub documents_tokenized: u64,
+    /// Tokens produced by the tokenizer (before truncation; a document is tokenised once).
+    pub tokens_tokenized: u64,
     /// SFT examples longer than `seq_len` that were truncated.
     pub truncated: u64,
 }
@@ -277,7 +279,10 @@ impl DocFeed for TrainFeed<'_> {
         }
         if self.cache.perm_epoch != Some(self.cursor.epoch) {
             self.cache.perm = if self.shuffle {
-                permutation(n as usize, derive_seed(self.seed, &[self.index as u64, self.cursor.epoch]))
+                permutation(
+                    n as usize,
+                    derive_seed(self.seed, &[self.index as u64, self.cursor.epoch]),
+                )
             } else {
                 (0..n as u32).collect()
             };
@@ -292,6 +297,7 @@ impl DocFeed for TrainFeed<'_> {
                         .tokenize(&self.src.documents[doc as usize], self.src.file_of(doc))?,
                 );
                 self.stats.documents_tokenized += 1;
+                self.stats.tokens_tokenized += t.len() as u64;
                 self.cache.current = Some((doc, t.clone()));
                 t
             }
@@ -629,6 +635,7 @@ impl DocFeed for ValFeed<'_, '_> {
                         .tokenize(&src.documents[doc as usize], src.file_of(doc))?,
                 );
                 self.it.stats.documents_tokenized += 1;
+                self.it.stats.tokens_tokenized += t.len() as u64;
                 self.it.current = Some((doc, t.clone()));
                 t
             }

@@ -23,7 +23,8 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chat_templates.json");
+    let p =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chat_templates.json");
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
@@ -43,7 +44,11 @@ fn rendered_text_equals_transformers() {
     for c in &f.cases {
         let t = ChatTemplate::new(kind(&c.template), None);
         let r = t.render(&c.messages, c.add_generation_prompt);
-        assert_eq!(r.text, c.text, "case {} / {} / gen={}", c.name, c.template, c.add_generation_prompt);
+        assert_eq!(
+            r.text, c.text,
+            "case {} / {} / gen={}",
+            c.name, c.template, c.add_generation_prompt
+        );
     }
 }
 
@@ -52,7 +57,13 @@ fn token_ids_equal_python_tokenizers() {
     let tok = load_tokenizer(&olmoe_tokenizer()).unwrap();
     for c in &fixture().cases {
         let enc = tok.encode(c.text.as_str(), false).unwrap();
-        assert_eq!(enc.get_ids(), &c.olmoe_ids[..], "case {} / {}", c.name, c.template);
+        assert_eq!(
+            enc.get_ids(),
+            &c.olmoe_ids[..],
+            "case {} / {}",
+            c.name,
+            c.template
+        );
     }
 }
 
@@ -63,13 +74,25 @@ fn trainable_tokens_decode_to_the_answers() {
     let f = fixture();
     let mut cfg = config(olmoe_tokenizer(), vec![], 64, 1);
     cfg.mode = seqtopk_data::Mode::Sft;
-    for c in f.cases.iter().filter(|c| c.template != "chatml" && !c.add_generation_prompt) {
+    for c in f
+        .cases
+        .iter()
+        .filter(|c| c.template != "chatml" && !c.add_generation_prompt)
+    {
         cfg.chat_template = kind(&c.template);
         let dt = seqtopk_data::DocTokenizer::new(&cfg).unwrap();
         let r = dt.template().render(&c.messages, false);
-        let doc = dt.encode_rendered(&r, std::path::Path::new("fixture")).unwrap();
+        let doc = dt
+            .encode_rendered(&r, std::path::Path::new("fixture"))
+            .unwrap();
         assert_eq!(doc.ids, c.olmoe_ids);
-        let trained: Vec<u32> = doc.ids.iter().zip(&doc.loss).filter(|(_, l)| **l).map(|(i, _)| *i).collect();
+        let trained: Vec<u32> = doc
+            .ids
+            .iter()
+            .zip(&doc.loss)
+            .filter(|(_, l)| **l)
+            .map(|(i, _)| *i)
+            .collect();
         let text = dt.inner().decode(&trained, false).unwrap();
         let expected: String = c
             .messages

@@ -6,7 +6,12 @@ use common::*;
 use seqtopk_data::{ChatTemplateKind, DataConfig, DataError, OnBadLine, Pipeline, SourceFormat};
 
 fn one_source(path: std::path::PathBuf, format: SourceFormat) -> DataConfig {
-    config(tiny_tokenizer(), vec![source(path, format, "math", 1.0)], 16, 2)
+    config(
+        tiny_tokenizer(),
+        vec![source(path, format, "math", 1.0)],
+        16,
+        2,
+    )
 }
 
 fn err(cfg: DataConfig) -> DataError {
@@ -16,35 +21,75 @@ fn err(cfg: DataConfig) -> DataError {
 #[test]
 fn malformed_json_names_file_and_line() {
     let d = tmp_dir("badjson");
-    let p = write(&d, "bad.jsonl", "{\"text\": \"the cat\"}\n\n{\"text\": \"the dog\"\n{\"text\": \"a dog\"}\n");
+    let p = write(
+        &d,
+        "bad.jsonl",
+        "{\"text\": \"the cat\"}\n\n{\"text\": \"the dog\"\n{\"text\": \"a dog\"}\n",
+    );
     let e = err(one_source(p.clone(), SourceFormat::Auto));
     match &e {
-        DataError::BadLine { path, line, message } => {
+        DataError::BadLine {
+            path,
+            line,
+            message,
+        } => {
             assert_eq!(path, &p);
             assert_eq!(*line, 3, "blank lines count");
             assert!(message.contains("invalid JSON"), "{message}");
         }
         other => panic!("wrong error {other:?}"),
     }
-    assert!(e.to_string().starts_with(&format!("{}:3: invalid JSON", p.display())), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{}:3: invalid JSON", p.display())),
+        "{e}"
+    );
 }
 
 #[test]
 fn wrong_field_types_say_what_was_expected() {
     let d = tmp_dir("badfields");
     let cases: [(&str, SourceFormat, &str); 8] = [
-        ("{\"text\": 5}", SourceFormat::TextJsonl, "expected field \"text\" to be a string, found a number"),
-        ("{\"body\": \"x\"}", SourceFormat::TextJsonl, "missing field \"text\""),
-        ("[1, 2]", SourceFormat::Auto, "expected a JSON object, found an array"),
-        ("{\"foo\": 1}", SourceFormat::Auto, "expected one of \"messages\""),
-        ("{\"prompt\": \"Q:\", \"completion\": \"\"}", SourceFormat::PromptCompletion, "field \"completion\" is empty"),
-        ("{\"messages\": []}", SourceFormat::Chat, "at least one message"),
+        (
+            "{\"text\": 5}",
+            SourceFormat::TextJsonl,
+            "expected field \"text\" to be a string, found a number",
+        ),
+        (
+            "{\"body\": \"x\"}",
+            SourceFormat::TextJsonl,
+            "missing field \"text\"",
+        ),
+        (
+            "[1, 2]",
+            SourceFormat::Auto,
+            "expected a JSON object, found an array",
+        ),
+        (
+            "{\"foo\": 1}",
+            SourceFormat::Auto,
+            "expected one of \"messages\"",
+        ),
+        (
+            "{\"prompt\": \"Q:\", \"completion\": \"\"}",
+            SourceFormat::PromptCompletion,
+            "field \"completion\" is empty",
+        ),
+        (
+            "{\"messages\": []}",
+            SourceFormat::Chat,
+            "at least one message",
+        ),
         (
             "{\"messages\": [{\"role\": \"bot\", \"content\": \"hi\"}]}",
             SourceFormat::Chat,
             "messages[0]: expected role \"system\", \"user\" or \"assistant\", found \"bot\"",
         ),
-        ("{\"messages\": [{\"role\": \"user\"}]}", SourceFormat::Chat, "messages[0]: missing field \"content\""),
+        (
+            "{\"messages\": [{\"role\": \"user\"}]}",
+            SourceFormat::Chat,
+            "messages[0]: missing field \"content\"",
+        ),
     ];
     for (i, (line, format, expected)) in cases.into_iter().enumerate() {
         let p = write(&d, &format!("case{i}.jsonl"), &format!("{line}\n"));
@@ -71,7 +116,11 @@ fn invalid_utf8_is_a_bad_line() {
 #[test]
 fn skip_mode_counts_bad_lines() {
     let d = tmp_dir("skip");
-    let p = write(&d, "mixed.jsonl", "{\"text\": \"the cat\"}\nnot json\n{\"text\": 3}\n{\"text\": \"a dog\"}\n");
+    let p = write(
+        &d,
+        "mixed.jsonl",
+        "{\"text\": \"the cat\"}\nnot json\n{\"text\": 3}\n{\"text\": \"a dog\"}\n",
+    );
     let mut cfg = one_source(p, SourceFormat::Auto);
     cfg.on_bad_line = OnBadLine::Skip;
     let mut pipe = Pipeline::new(cfg).unwrap();
@@ -84,7 +133,10 @@ fn skip_mode_counts_bad_lines() {
 fn empty_sources_are_errors() {
     let d = tmp_dir("empty");
     let p = write(&d, "empty.jsonl", "\n\n");
-    assert!(matches!(err(one_source(p, SourceFormat::Auto)), DataError::EmptySource { .. }));
+    assert!(matches!(
+        err(one_source(p, SourceFormat::Auto)),
+        DataError::EmptySource { .. }
+    ));
     // Everything skipped: still empty, and the message says why.
     let p = write(&d, "allbad.jsonl", "oops\n{\"x\": 1}\n");
     let mut cfg = one_source(p, SourceFormat::Auto);
@@ -93,12 +145,18 @@ fn empty_sources_are_errors() {
     assert!(e.to_string().contains("2 malformed lines skipped"), "{e}");
     // A directory with no matching files.
     std::fs::create_dir_all(d.join("nothing")).unwrap();
-    assert!(matches!(err(one_source(d.join("nothing"), SourceFormat::Text)), DataError::EmptySource { .. }));
+    assert!(matches!(
+        err(one_source(d.join("nothing"), SourceFormat::Text)),
+        DataError::EmptySource { .. }
+    ));
 }
 
 #[test]
 fn missing_files_are_errors() {
-    let e = err(one_source("/nonexistent/math.jsonl".into(), SourceFormat::Auto));
+    let e = err(one_source(
+        "/nonexistent/math.jsonl".into(),
+        SourceFormat::Auto,
+    ));
     assert!(matches!(e, DataError::MissingFile { .. }), "{e}");
     assert!(e.to_string().contains("/nonexistent/math.jsonl"));
     let d = tmp_dir("missingtok");
@@ -119,7 +177,10 @@ fn tokenizer_mismatches_are_errors() {
     cfg.eos_token = Some("<|eot_id|>".into());
     let e = err(cfg);
     assert!(matches!(e, DataError::TokenizerMismatch(_)), "{e}");
-    assert!(e.to_string().contains("\"<|eot_id|>\" is not a token"), "{e}");
+    assert!(
+        e.to_string().contains("\"<|eot_id|>\" is not a token"),
+        "{e}"
+    );
     let mut cfg = one_source(p.clone(), SourceFormat::Auto);
     cfg.pad_token = Some("[PAD]".into());
     assert!(err(cfg).to_string().contains("pad_token"));
@@ -195,7 +256,11 @@ fn recipe_toml_round_trip_and_unknown_fields() {
 #[test]
 fn corrupted_state_is_rejected_not_panicking() {
     let mut p = Pipeline::new(one_source(
-        write(&tmp_dir("state"), "a.jsonl", "{\"text\": \"the cat\"}\n{\"text\": \"a dog\"}\n"),
+        write(
+            &tmp_dir("state"),
+            "a.jsonl",
+            "{\"text\": \"the cat\"}\n{\"text\": \"a dog\"}\n",
+        ),
         SourceFormat::Auto,
     ))
     .unwrap();

@@ -21,7 +21,12 @@ fn three_docs(name: &str) -> std::path::PathBuf {
 }
 
 fn pretrain(path: std::path::PathBuf, seq_len: usize, batch: usize, packing: Packing) -> Pipeline {
-    let mut cfg = config(tiny_tokenizer(), vec![source(path, SourceFormat::Auto, "writing", 1.0)], seq_len, batch);
+    let mut cfg = config(
+        tiny_tokenizer(),
+        vec![source(path, SourceFormat::Auto, "writing", 1.0)],
+        seq_len,
+        batch,
+    );
     cfg.shuffle = false;
     cfg.packing = packing;
     cfg.pad_token = Some("<|padding|>".into());
@@ -43,12 +48,22 @@ fn packed_pretraining_rows_carry_boundaries_and_continuations() {
     // Row 1: rest of B (3), all of C (4), first token of A of the next epoch.
     assert_eq!(b.row(&b.input_ids, 1), &[7, 11, EOS, 7, 13, 9, EOS, 7]);
     assert_eq!(b.row(&b.doc_ids, 1), &[0, 0, 0, 1, 1, 1, 1, 2]);
-    assert_eq!(b.row(&b.targets, 1), &[11, EOS as i32, -1, 13, 9, EOS as i32, -1, 8]);
+    assert_eq!(
+        b.row(&b.targets, 1),
+        &[11, EOS as i32, -1, 13, 9, EOS as i32, -1, 8]
+    );
     assert_eq!(b.domains, vec!["writing", "writing"]);
     // 16 positions, 3 document ends (-1): 13 targets.
     assert_eq!(b.num_targets(), 13);
     let s = p.state();
-    assert_eq!((s.cursors[0].epoch, s.cursors[0].position, s.cursors[0].offset), (1, 0, 1));
+    assert_eq!(
+        (
+            s.cursors[0].epoch,
+            s.cursors[0].position,
+            s.cursors[0].offset
+        ),
+        (1, 0, 1)
+    );
 }
 
 #[test]
@@ -57,12 +72,21 @@ fn padded_rows_hold_one_document_each() {
     let b = p.next_batch().unwrap();
     b.check().unwrap();
     assert_eq!(b.row(&b.input_ids, 0), &[7, 8, 9, EOS, 0, 0, 0, 0]);
-    assert_eq!(b.row(&b.valid, 0), &[true, true, true, true, false, false, false, false]);
+    assert_eq!(
+        b.row(&b.valid, 0),
+        &[true, true, true, true, false, false, false, false]
+    );
     // Padding gets the id one past the last document.
     assert_eq!(b.row(&b.doc_ids, 0), &[0, 0, 0, 0, 1, 1, 1, 1]);
-    assert_eq!(b.row(&b.targets, 0), &[8, 9, EOS as i32, -1, -1, -1, -1, -1]);
+    assert_eq!(
+        b.row(&b.targets, 0),
+        &[8, 9, EOS as i32, -1, -1, -1, -1, -1]
+    );
     assert_eq!(b.row(&b.input_ids, 1), &[12, 13, 14, 10, 7, 11, EOS, 0]);
-    assert_eq!(b.row(&b.targets, 1), &[13, 14, 10, 7, 11, EOS as i32, -1, -1]);
+    assert_eq!(
+        b.row(&b.targets, 1),
+        &[13, 14, 10, 7, 11, EOS as i32, -1, -1]
+    );
     assert_eq!(b.row(&b.input_ids, 2), &[7, 13, 9, EOS, 0, 0, 0, 0]);
     assert_eq!(b.num_valid(), 4 + 7 + 4);
     assert_eq!(b.num_targets(), 3 + 6 + 3);
@@ -82,7 +106,11 @@ fn padded_long_document_continues_in_next_row() {
 
 fn sft(seq_len: usize, batch: usize, template: ChatTemplateKind, packing: Packing) -> Pipeline {
     let d = tmp_dir(&format!("sft-{seq_len}-{template:?}-{packing:?}"));
-    let pc = write(&d, "pc.jsonl", "{\"prompt\": \"Q: 2+2?\", \"completion\": \" 4\"}\n");
+    let pc = write(
+        &d,
+        "pc.jsonl",
+        "{\"prompt\": \"Q: 2+2?\", \"completion\": \" 4\"}\n",
+    );
     let chat = write(
         &d,
         "chat.jsonl",
@@ -90,7 +118,10 @@ fn sft(seq_len: usize, batch: usize, template: ChatTemplateKind, packing: Packin
     );
     let mut cfg = config(
         tiny_tokenizer(),
-        vec![source(pc, SourceFormat::PromptCompletion, "math", 1.0), source(chat, SourceFormat::Chat, "law", 1.0)],
+        vec![
+            source(pc, SourceFormat::PromptCompletion, "math", 1.0),
+            source(chat, SourceFormat::Chat, "law", 1.0),
+        ],
         seq_len,
         batch,
     );
@@ -101,7 +132,7 @@ fn sft(seq_len: usize, batch: usize, template: ChatTemplateKind, packing: Packin
     Pipeline::new(cfg).unwrap()
 }
 
-fn row_of<'a>(b: &'a Batch, domain: &str) -> usize {
+fn row_of(b: &Batch, domain: &str) -> usize {
     b.domains.iter().position(|d| d == domain).unwrap()
 }
 
@@ -126,13 +157,25 @@ fn sft_olmoe_template_masks() {
     let b = p.next_batch().unwrap();
     let r = row_of(&b, "law");
     // [eos(bos), <|user|>, the, cat, <|assistant|>, a, dog, eos, pad, pad]
-    assert_eq!(b.row(&b.input_ids, r), &[EOS, 2, 7, 8, 3, 12, 13, EOS, EOS, EOS]);
-    assert_eq!(b.row(&b.targets, r), &[-1, -1, -1, -1, 12, 13, EOS as i32, -1, -1, -1]);
+    assert_eq!(
+        b.row(&b.input_ids, r),
+        &[EOS, 2, 7, 8, 3, 12, 13, EOS, EOS, EOS]
+    );
+    assert_eq!(
+        b.row(&b.targets, r),
+        &[-1, -1, -1, -1, 12, 13, EOS as i32, -1, -1, -1]
+    );
     assert_eq!(b.row(&b.valid, r).iter().filter(|&&v| v).count(), 8);
     // The prompt/completion pair becomes a user turn and an assistant turn.
     let r = row_of(&b, "math");
-    assert_eq!(b.row(&b.input_ids, r), &[EOS, 2, 15, 16, 3, 17, EOS, EOS, EOS, EOS]);
-    assert_eq!(b.row(&b.targets, r), &[-1, -1, -1, -1, 17, EOS as i32, -1, -1, -1, -1]);
+    assert_eq!(
+        b.row(&b.input_ids, r),
+        &[EOS, 2, 15, 16, 3, 17, EOS, EOS, EOS, EOS]
+    );
+    assert_eq!(
+        b.row(&b.targets, r),
+        &[-1, -1, -1, -1, 17, EOS as i32, -1, -1, -1, -1]
+    );
 }
 
 #[test]
@@ -145,7 +188,12 @@ fn sft_packing_never_splits_an_example() {
         "chat.jsonl",
         "{\"messages\": [{\"role\": \"user\", \"content\": \"the cat\"}, {\"role\": \"assistant\", \"content\": \"a dog\"}]}\n",
     );
-    let mut cfg = config(tiny_tokenizer(), vec![source(chat, SourceFormat::Auto, "law", 1.0)], 10, 1);
+    let mut cfg = config(
+        tiny_tokenizer(),
+        vec![source(chat, SourceFormat::Auto, "law", 1.0)],
+        10,
+        1,
+    );
     cfg.mode = Mode::Sft;
     cfg.pad_token = Some("<|padding|>".into());
     let mut p = Pipeline::new(cfg.clone()).unwrap();
@@ -156,8 +204,14 @@ fn sft_packing_never_splits_an_example() {
     cfg.seq_len = 16;
     let mut p = Pipeline::new(cfg).unwrap();
     let b = p.next_batch().unwrap();
-    assert_eq!(&b.doc_ids[..16], &[0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1]);
-    assert_eq!(b.targets[7], -1, "the first example's EOS predicts nothing across the boundary");
+    assert_eq!(
+        &b.doc_ids[..16],
+        &[0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1]
+    );
+    assert_eq!(
+        b.targets[7], -1,
+        "the first example's EOS predicts nothing across the boundary"
+    );
     assert_eq!(&b.targets[12..16], &[12, 13, EOS as i32, -1]);
 }
 
@@ -190,6 +244,9 @@ fn plain_text_directory_is_one_document_per_file() {
     assert_eq!(p.summary()[0].train_documents, 3);
     let b = p.next_batch().unwrap();
     // Sorted paths: a.txt, b.txt, sub/c.txt.
-    assert_eq!(b.input_ids, vec![7, 8, 9, EOS, 12, 13, 14, EOS, 7, 11, EOS, 7]);
+    assert_eq!(
+        b.input_ids,
+        vec![7, 8, 9, EOS, 12, 13, 14, EOS, 7, 11, EOS, 7]
+    );
     assert_eq!(b.doc_ids, vec![0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 3]);
 }

@@ -10,10 +10,30 @@ fn mixture(seq_len: usize, batch: usize) -> DataConfig {
     config(
         olmoe_tokenizer(),
         vec![
-            source(s.join("math/math_train.jsonl"), SourceFormat::Auto, "math", 2.0),
-            source(s.join("code/python_stdlib.jsonl"), SourceFormat::TextJsonl, "code", 1.0),
-            source(s.join("law/us_constitution.jsonl"), SourceFormat::TextJsonl, "law", 1.0),
-            source(s.join("writing/shakespeare.jsonl"), SourceFormat::TextJsonl, "writing", 1.0),
+            source(
+                s.join("math/math_train.jsonl"),
+                SourceFormat::Auto,
+                "math",
+                2.0,
+            ),
+            source(
+                s.join("code/python_stdlib.jsonl"),
+                SourceFormat::TextJsonl,
+                "code",
+                1.0,
+            ),
+            source(
+                s.join("law/us_constitution.jsonl"),
+                SourceFormat::TextJsonl,
+                "law",
+                1.0,
+            ),
+            source(
+                s.join("writing/shakespeare.jsonl"),
+                SourceFormat::TextJsonl,
+                "writing",
+                1.0,
+            ),
         ],
         seq_len,
         batch,
@@ -24,7 +44,10 @@ fn mixture(seq_len: usize, batch: usize) -> DataConfig {
 fn known_token_counts() {
     let tok = seqtopk_data::load_tokenizer(&olmoe_tokenizer()).unwrap();
     // GPT-NeoX vocabulary: "Hello" 12092, " world" 1533.
-    assert_eq!(tok.encode("Hello world", false).unwrap().get_ids(), &[12092, 1533]);
+    assert_eq!(
+        tok.encode("Hello world", false).unwrap().get_ids(),
+        &[12092, 1533]
+    );
     assert_eq!(tok.token_to_id("<|endoftext|>"), Some(50279));
     assert_eq!(tok.token_to_id("<|padding|>"), Some(1));
     assert_eq!(tok.get_vocab_size(true), 50280);
@@ -47,7 +70,11 @@ fn pretraining_mixture_batches_are_well_formed() {
             }
             let last_in_row = (i + 1) % 512 == 0;
             if !last_in_row && b.targets[i] >= 0 {
-                assert_eq!(b.targets[i] as u32, b.input_ids[i + 1], "targets are the next token");
+                assert_eq!(
+                    b.targets[i] as u32,
+                    b.input_ids[i + 1],
+                    "targets are the next token"
+                );
                 assert_eq!(b.doc_ids[i], b.doc_ids[i + 1]);
             }
         }
@@ -68,7 +95,13 @@ fn mixture_weights_are_respected() {
     let mut p = Pipeline::new(cfg).unwrap();
     let mut math = 0;
     for _ in 0..200 {
-        math += p.next_batch().unwrap().domains.iter().filter(|d| *d == "math").count();
+        math += p
+            .next_batch()
+            .unwrap()
+            .domains
+            .iter()
+            .filter(|d| *d == "math")
+            .count();
     }
     let frac = math as f64 / 3200.0;
     assert!((frac - 2.0 / 3.0).abs() < 0.03, "math fraction {frac}");
@@ -78,7 +111,12 @@ fn mixture_weights_are_respected() {
 fn sft_on_gsm8k_trains_exactly_the_answers() {
     let mut cfg = config(
         olmoe_tokenizer(),
-        vec![source(samples().join("math/gsm8k_test.jsonl"), SourceFormat::PromptCompletion, "math", 1.0)],
+        vec![source(
+            samples().join("math/gsm8k_test.jsonl"),
+            SourceFormat::PromptCompletion,
+            "math",
+            1.0,
+        )],
         1024,
         1,
     );
@@ -89,20 +127,33 @@ fn sft_on_gsm8k_trains_exactly_the_answers() {
     cfg.pad_token = Some("<|padding|>".into());
     let mut p = Pipeline::new(cfg).unwrap();
     let tok = p.tokenizer().inner().clone();
-    let records: Vec<serde_json::Value> = std::fs::read_to_string(samples().join("math/gsm8k_test.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let records: Vec<serde_json::Value> =
+        std::fs::read_to_string(samples().join("math/gsm8k_test.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
     for rec in records.iter().take(40) {
         let b = p.next_batch().unwrap();
         b.check().unwrap();
-        let targets: Vec<u32> = b.targets.iter().filter(|&&t| t >= 0).map(|&t| t as u32).collect();
+        let targets: Vec<u32> = b
+            .targets
+            .iter()
+            .filter(|&&t| t >= 0)
+            .map(|&t| t as u32)
+            .collect();
         let decoded = tok.decode(&targets, false).unwrap();
-        assert_eq!(decoded, format!("{}<|endoftext|>", rec["completion"].as_str().unwrap()));
+        assert_eq!(
+            decoded,
+            format!("{}<|endoftext|>", rec["completion"].as_str().unwrap())
+        );
         // Prompt + completion + EOS, then padding with <|padding|> (id 1).
         let n_valid = b.num_valid();
-        let full = format!("{}{}", rec["prompt"].as_str().unwrap(), rec["completion"].as_str().unwrap());
+        let full = format!(
+            "{}{}",
+            rec["prompt"].as_str().unwrap(),
+            rec["completion"].as_str().unwrap()
+        );
         assert_eq!(n_valid, tok.encode(full.as_str(), false).unwrap().len() + 1);
         assert!(b.input_ids[n_valid..].iter().all(|&i| i == 1));
     }
@@ -112,7 +163,12 @@ fn sft_on_gsm8k_trains_exactly_the_answers() {
 fn esft_chat_sft_with_olmoe_template() {
     let mut cfg = config(
         olmoe_tokenizer(),
-        vec![source(samples().join("law/esft_train_law.jsonl"), SourceFormat::Chat, "law", 1.0)],
+        vec![source(
+            samples().join("law/esft_train_law.jsonl"),
+            SourceFormat::Chat,
+            "law",
+            1.0,
+        )],
         2048,
         2,
     );
@@ -147,15 +203,23 @@ fn validation_split_is_deterministic_disjoint_and_content_based() {
     let q = Pipeline::new(cfg.clone()).unwrap();
     assert_eq!(p.sources()[0].validation, q.sources()[0].validation);
     let d = tmp_dir("reordered");
-    let lines: Vec<String> =
-        std::fs::read_to_string(&cfg.sources[0].path).unwrap().lines().rev().map(String::from).collect();
+    let lines: Vec<String> = std::fs::read_to_string(&cfg.sources[0].path)
+        .unwrap()
+        .lines()
+        .rev()
+        .map(String::from)
+        .collect();
     let reversed = write(&d, "math_rev.jsonl", &(lines.join("\n") + "\n"));
     let mut cfg2 = cfg.clone();
     cfg2.sources[0].path = reversed;
     let r = Pipeline::new(cfg2).unwrap();
     let held = |p: &Pipeline| {
         let s = &p.sources()[0];
-        let mut v: Vec<_> = s.validation.iter().map(|&i| format!("{:?}", s.documents[i as usize])).collect();
+        let mut v: Vec<_> = s
+            .validation
+            .iter()
+            .map(|&i| format!("{:?}", s.documents[i as usize]))
+            .collect();
         v.sort();
         v
     };
@@ -166,12 +230,19 @@ fn validation_split_is_deterministic_disjoint_and_content_based() {
     }
     let total_val: usize = p.sources().iter().map(|s| s.validation.len()).sum();
     assert!(total_val >= 4);
-    let domains: Vec<String> = p.validation_batches().flat_map(|b| b.unwrap().domains).collect();
+    let domains: Vec<String> = p
+        .validation_batches()
+        .flat_map(|b| b.unwrap().domains)
+        .collect();
     assert_eq!(domains.first().map(String::as_str), Some("math"));
     assert_eq!(domains.last().map(String::as_str), Some("writing"));
     let mut dedup = domains.clone();
     dedup.dedup();
-    assert_eq!(dedup, vec!["math", "code", "law", "writing"], "validation goes source by source");
+    assert_eq!(
+        dedup,
+        vec!["math", "code", "law", "writing"],
+        "validation goes source by source"
+    );
 }
 
 #[test]
@@ -181,7 +252,11 @@ fn seeds_change_order_and_same_seed_reproduces() {
     let mut cfg = mixture(128, 4);
     cfg.seed = 1;
     let mut c = Pipeline::new(cfg).unwrap();
-    let (x, y, z) = (a.next_batch().unwrap(), b.next_batch().unwrap(), c.next_batch().unwrap());
+    let (x, y, z) = (
+        a.next_batch().unwrap(),
+        b.next_batch().unwrap(),
+        c.next_batch().unwrap(),
+    );
     assert_eq!(x, y);
     assert_ne!(x, z);
 }
@@ -191,10 +266,18 @@ fn every_committed_sample_loads_and_tokenises() {
     // All sample files through `auto` detection in both modes (catches a bad committed line).
     let mut sources = Vec::new();
     for domain in ["math", "code", "law", "writing"] {
-        let mut files: Vec<_> = std::fs::read_dir(samples().join(domain)).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut files: Vec<_> = std::fs::read_dir(samples().join(domain))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         files.sort();
         for f in files {
-            if f.file_name().unwrap().to_str().unwrap().starts_with("esft_eval") {
+            if f.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("esft_eval")
+            {
                 // ESFT eval rows are {prompt, answers: [...]} for generation-based eval, not
                 // training records.
                 continue;

@@ -3,16 +3,33 @@
 mod common;
 
 use common::*;
-use seqtopk_data::{ChatTemplateKind, DataConfig, Mode, Packing, Pipeline, PipelineState, SourceFormat};
+use seqtopk_data::{
+    ChatTemplateKind, DataConfig, Mode, Packing, Pipeline, PipelineState, SourceFormat,
+};
 
 fn pretrain_cfg() -> DataConfig {
     let s = samples();
     let mut cfg = config(
         olmoe_tokenizer(),
         vec![
-            source(s.join("writing/kjv.jsonl"), SourceFormat::TextJsonl, "writing", 1.0),
-            source(s.join("law/spdx_licenses.jsonl"), SourceFormat::TextJsonl, "law", 0.5),
-            source(s.join("code/mbpp_rust.jsonl"), SourceFormat::TextJsonl, "code", 0.5),
+            source(
+                s.join("writing/kjv.jsonl"),
+                SourceFormat::TextJsonl,
+                "writing",
+                1.0,
+            ),
+            source(
+                s.join("law/spdx_licenses.jsonl"),
+                SourceFormat::TextJsonl,
+                "law",
+                0.5,
+            ),
+            source(
+                s.join("code/mbpp_rust.jsonl"),
+                SourceFormat::TextJsonl,
+                "code",
+                0.5,
+            ),
         ],
         256,
         4,
@@ -27,8 +44,18 @@ fn sft_cfg() -> DataConfig {
     let mut cfg = config(
         olmoe_tokenizer(),
         vec![
-            source(s.join("math/gsm8k_test.jsonl"), SourceFormat::PromptCompletion, "math", 1.0),
-            source(s.join("law/esft_train_law.jsonl"), SourceFormat::Chat, "law", 1.0),
+            source(
+                s.join("math/gsm8k_test.jsonl"),
+                SourceFormat::PromptCompletion,
+                "math",
+                1.0,
+            ),
+            source(
+                s.join("law/esft_train_law.jsonl"),
+                SourceFormat::Chat,
+                "law",
+                1.0,
+            ),
         ],
         512,
         3,
@@ -65,7 +92,10 @@ fn pretraining_resume_mid_document_is_exact() {
     assert_eq!(state.rows, 28);
     // Packed 256-token rows of ~1000-token chapters: some source was cut mid-document.
     assert!(state.cursors.iter().any(|c| c.offset > 0), "{state:?}");
-    assert!(state.cursors[..2].iter().all(|c| c.epoch == 0), "KJV and SPDX still mid-epoch: {state:?}");
+    assert!(
+        state.cursors[..2].iter().all(|c| c.epoch == 0),
+        "KJV and SPDX still mid-epoch: {state:?}"
+    );
 }
 
 #[test]
@@ -78,7 +108,12 @@ fn resume_across_an_epoch_boundary_is_exact() {
     // Only 2 documents (~11k tokens of US founding texts): 8 batches of 4x512 pass an epoch.
     let mut cfg = config(
         olmoe_tokenizer(),
-        vec![source(samples().join("law/us_constitution.jsonl"), SourceFormat::TextJsonl, "law", 1.0)],
+        vec![source(
+            samples().join("law/us_constitution.jsonl"),
+            SourceFormat::TextJsonl,
+            "law",
+            1.0,
+        )],
         512,
         4,
     );
@@ -96,7 +131,10 @@ fn restoring_onto_different_data_is_refused() {
     other.seed = 43;
     let mut b = Pipeline::new(other).unwrap();
     let err = b.restore(&st).unwrap_err();
-    assert!(matches!(err, seqtopk_data::DataError::StateMismatch(_)), "{err}");
+    assert!(
+        matches!(err, seqtopk_data::DataError::StateMismatch(_)),
+        "{err}"
+    );
     let mut other = pretrain_cfg();
     other.sources[1].max_documents = Some(10);
     let mut b = Pipeline::new(other).unwrap();

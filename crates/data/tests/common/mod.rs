@@ -56,7 +56,12 @@ pub fn source(path: PathBuf, format: SourceFormat, domain: &str, weight: f64) ->
 }
 
 /// A config with defaults for the given tokenizer and sources.
-pub fn config(tokenizer: PathBuf, sources: Vec<SourceConfig>, seq_len: usize, batch_size: usize) -> DataConfig {
+pub fn config(
+    tokenizer: PathBuf,
+    sources: Vec<SourceConfig>,
+    seq_len: usize,
+    batch_size: usize,
+) -> DataConfig {
     DataConfig {
         tokenizer,
         sources,
