@@ -1,0 +1,81 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use seqtopk_data::{DataConfig, SourceConfig, SourceFormat};
+
+/// Repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The committed samples.
+pub fn samples() -> PathBuf {
+    root().join("data/samples")
+}
+
+/// The real OLMoE tokenizer (committed sample).
+pub fn olmoe_tokenizer() -> PathBuf {
+    samples().join("tokenizers/olmoe/tokenizer.json")
+}
+
+/// The hand-made word-level tokenizer.
+pub fn tiny_tokenizer() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_tokenizer.json")
+}
+
+/// A fresh directory for one test's files.
+pub fn tmp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("seqtopk-data-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Write a file and return its path.
+pub fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, content).unwrap();
+    p
+}
+
+/// A source entry with defaults.
+pub fn source(path: PathBuf, format: SourceFormat, domain: &str, weight: f64) -> SourceConfig {
+    SourceConfig {
+        path,
+        format,
+        domain: domain.into(),
+        weight,
+        max_documents: None,
+        text_field: None,
+        prompt_field: None,
+        completion_field: None,
+        extensions: None,
+    }
+}
+
+/// A config with defaults for the given tokenizer and sources.
+pub fn config(
+    tokenizer: PathBuf,
+    sources: Vec<SourceConfig>,
+    seq_len: usize,
+    batch_size: usize,
+) -> DataConfig {
+    DataConfig {
+        tokenizer,
+        sources,
+        seq_len,
+        batch_size,
+        mode: Default::default(),
+        packing: Default::default(),
+        seed: 0,
+        shuffle: true,
+        validation_fraction: 0.0,
+        on_bad_line: Default::default(),
+        chat_template: Default::default(),
+        eos_token: None,
+        pad_token: None,
+        add_eos: true,
+    }
+}
