@@ -21,7 +21,7 @@ mod weights;
 pub use attention::{Attention, LayerKvCache, attention_mask};
 pub use config::{Family, FfnKind, MoeConfig, MoeTransformerConfig, QkNorm};
 pub use error::{ConfigError, LoadError, ModelError};
-pub use loader::{SafetensorsSource, load_checkpoint};
+pub use loader::{HostTensor, SafetensorsSource, load_checkpoint};
 pub use mlp::SwiGlu;
 pub use model::{
     DecodeState, DecoderLayer, Ffn, ModelOutput, MoeTransformer, causal_lm_loss, default_positions,

@@ -17,6 +17,15 @@ use crate::model::{MoeTransformer, linear_from_values};
 use crate::weights::{Init, WeightSource, transpose};
 use crate::{LoadError, ModelError};
 
+/// A tensor read from a checkpoint, converted to f32 (row-major).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    /// Shape on disk.
+    pub shape: Vec<usize>,
+    /// Values.
+    pub values: Vec<f32>,
+}
+
 /// One safetensors file held in memory with its parsed header.
 struct Shard {
     path: PathBuf,
@@ -130,10 +139,15 @@ impl SafetensorsSource {
         keys
     }
 
-    /// The tensor `key` converted to f32, whatever its shape.
-    pub fn read_any(&self, key: &str) -> Option<Result<(Vec<usize>, Vec<f32>), LoadError>> {
-        let shard = &self.shards[*self.index.get(key)?];
-        let info = shard.metadata.info(key)?;
+    /// The tensor `key` converted to f32, whatever its shape; `Ok(None)` when absent.
+    pub fn read_any(&self, key: &str) -> Result<Option<HostTensor>, LoadError> {
+        let Some(&at) = self.index.get(key) else {
+            return Ok(None);
+        };
+        let shard = &self.shards[at];
+        let Some(info) = shard.metadata.info(key) else {
+            return Ok(None);
+        };
         let (start, end) = info.data_offsets;
         let bytes = &shard.bytes[shard.data_start + start..shard.data_start + end];
         let values = match info.dtype {
@@ -150,32 +164,37 @@ impl SafetensorsSource {
                 .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
                 .collect(),
             other => {
-                return Some(Err(LoadError::UnsupportedDtype {
+                return Err(LoadError::UnsupportedDtype {
                     key: key.to_string(),
                     dtype: format!("{other:?}"),
-                }));
+                });
             }
         };
-        Some(Ok((info.shape.clone(), values)))
+        Ok(Some(HostTensor {
+            shape: info.shape.clone(),
+            values,
+        }))
     }
 }
 
 impl WeightSource for SafetensorsSource {
     fn tensor(&mut self, key: &str, shape: &[usize], _init: Init) -> Result<Vec<f32>, LoadError> {
-        let (found, values) = self
-            .read_any(key)
-            .ok_or_else(|| LoadError::MissingTensor {
-                key: key.to_string(),
-                expected: shape.to_vec(),
-            })??;
-        if found != shape {
+        if let Some(found) = self.shape(key)
+            && found != shape
+        {
             return Err(LoadError::ShapeMismatch {
                 key: key.to_string(),
                 expected: shape.to_vec(),
                 found,
             });
         }
-        Ok(values)
+        let tensor = self
+            .read_any(key)?
+            .ok_or_else(|| LoadError::MissingTensor {
+                key: key.to_string(),
+                expected: shape.to_vec(),
+            })?;
+        Ok(tensor.values)
     }
 
     fn contains(&self, key: &str) -> bool {

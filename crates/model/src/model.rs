@@ -17,6 +17,8 @@ use crate::weights::{Init, WeightSource, transpose};
 use crate::{LoadError, ModelError};
 
 /// The feed-forward half of a decoder layer.
+// A model has a handful of layers built once; boxing would only add indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Ffn {
     /// Dense SwiGLU (Llama, Qwen dense layers).
