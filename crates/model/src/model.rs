@@ -152,17 +152,6 @@ impl MoeTransformer {
         let mut layers = Vec::with_capacity(c.layers.len());
         for (i, kind) in c.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
-            let mlp = match kind {
-                FfnKind::Dense { intermediate_size } => Ffn::Dense(swiglu(
-                    source,
-                    &format!("{p}.mlp"),
-                    ["gate_proj", "up_proj", "down_proj"],
-                    h,
-                    *intermediate_size,
-                    device,
-                )?),
-                FfnKind::Moe => Ffn::Moe(build_moe(c, source, &p, device)?),
-            };
             layers.push(DecoderLayer {
                 input_layernorm: norm(
                     source,
@@ -179,7 +168,18 @@ impl MoeTransformer {
                     c.rms_norm_eps,
                     device,
                 )?,
-                mlp,
+                // Fields evaluate in HF order, so the first missing key is the first on disk.
+                mlp: match kind {
+                    FfnKind::Dense { intermediate_size } => Ffn::Dense(swiglu(
+                        source,
+                        &format!("{p}.mlp"),
+                        ["gate_proj", "up_proj", "down_proj"],
+                        h,
+                        *intermediate_size,
+                        device,
+                    )?),
+                    FfnKind::Moe => Ffn::Moe(build_moe(c, source, &p, device)?),
+                },
             });
         }
         let final_norm = norm(source, "model.norm.weight", h, c.rms_norm_eps, device)?;
