@@ -390,6 +390,9 @@ impl MoeTransformer {
     /// per step through the KV cache (and the expert caches in `online_seqtopk` mode). Stops a row
     /// at a token of `stop` (which is kept) and pads it afterwards; returns only new tokens.
     ///
+    /// Routing: `online_seqtopk` prefills and decodes through each MoE layer's expert cache; any
+    /// other mode routes each decode step on its own (for `seqtopk` that is a per-step budget).
+    ///
     /// Host synchronisation: one read-back of the `[B]` argmax per step, which the next step's
     /// input needs.
     pub fn generate_greedy(
