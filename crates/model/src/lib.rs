@@ -1,0 +1,31 @@
+//! The MoE transformer: one parametrised Burn implementation of OLMoE, Qwen2-MoE, Qwen3-MoE and
+//! Mixtral (plus dense Llama), matching Hugging Face transformers, with routing delegated to
+//! `seqtopk-router` so any routing mode (TopK, SeqTopK, online SeqTopK, …) drives the same model.
+//!
+//! - [`MoeTransformerConfig`] resolves each family's own `config.json`.
+//! - [`MoeTransformer`] computes experts sparsely: only the selected (token, expert) pairs run.
+//! - [`load_checkpoint`] reads HF checkpoint directories (single file or sharded, per-expert or
+//!   fused expert layout, f32/bf16/f16).
+
+mod attention;
+mod config;
+mod error;
+mod loader;
+mod mlp;
+mod model;
+mod moe;
+mod norm;
+pub mod rope;
+mod weights;
+
+pub use attention::{Attention, LayerKvCache, attention_mask};
+pub use config::{Family, FfnKind, MoeConfig, MoeTransformerConfig, QkNorm};
+pub use error::{ConfigError, LoadError, ModelError};
+pub use loader::{HostTensor, SafetensorsSource, load_checkpoint};
+pub use mlp::SwiGlu;
+pub use model::{
+    DecodeState, DecoderLayer, Ffn, ModelOutput, MoeTransformer, causal_lm_loss, default_positions,
+};
+pub use moe::{RouteCall, SparseMoe};
+pub use norm::RmsNorm;
+pub use weights::{Init, SeededInit, WeightSource};

@@ -1,0 +1,342 @@
+//! Loading Hugging Face checkpoint directories: `config.json` plus `model.safetensors` or sharded
+//! `model-0000N-of-0000M.safetensors` with `model.safetensors.index.json`; per-expert or fused
+//! expert layouts; F32/BF16/F16 converted to f32.
+//!
+//! The `safetensors` crate is used directly: stacked/fused experts need splitting and transposing
+//! that burn-store's one-to-one key remapping cannot express.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use safetensors::tensor::{Dtype, Metadata};
+
+use crate::config::{Family, MoeTransformerConfig};
+use crate::mlp::SwiGlu;
+use crate::model::{MoeTransformer, linear_from_values};
+use crate::weights::{Init, WeightSource, transpose};
+use crate::{LoadError, ModelError};
+
+/// A tensor read from a checkpoint, converted to f32 (row-major).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    /// Shape on disk.
+    pub shape: Vec<usize>,
+    /// Values.
+    pub values: Vec<f32>,
+}
+
+/// One safetensors file held in memory with its parsed header.
+struct Shard {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    data_start: usize,
+    metadata: Metadata,
+}
+
+/// The tensors of a checkpoint directory, by HF key.
+pub struct SafetensorsSource {
+    shards: Vec<Shard>,
+    index: HashMap<String, usize>,
+}
+
+impl std::fmt::Debug for SafetensorsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SafetensorsSource")
+            .field(
+                "files",
+                &self.shards.iter().map(|s| &s.path).collect::<Vec<_>>(),
+            )
+            .field("tensors", &self.index.len())
+            .finish()
+    }
+}
+
+impl SafetensorsSource {
+    /// Opens the weights of `dir`: `model.safetensors`, else the shards listed by
+    /// `model.safetensors.index.json`.
+    pub fn open_dir(dir: impl AsRef<Path>) -> Result<Self, LoadError> {
+        let dir = dir.as_ref();
+        let single = dir.join("model.safetensors");
+        let index_path = dir.join("model.safetensors.index.json");
+        let files = if single.is_file() {
+            vec![single]
+        } else if index_path.is_file() {
+            let text = std::fs::read_to_string(&index_path).map_err(|source| LoadError::Io {
+                path: index_path.clone(),
+                source,
+            })?;
+            let json: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| LoadError::Index {
+                    path: index_path.clone(),
+                    reason: format!("invalid JSON: {e}"),
+                })?;
+            let map = json
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| LoadError::Index {
+                    path: index_path.clone(),
+                    reason: "no `weight_map` object".into(),
+                })?;
+            let mut files: Vec<PathBuf> = Vec::new();
+            for (key, file) in map {
+                let file = file.as_str().ok_or_else(|| LoadError::Index {
+                    path: index_path.clone(),
+                    reason: format!("weight_map[{key}] is not a file name"),
+                })?;
+                let path = dir.join(file);
+                if !files.contains(&path) {
+                    files.push(path);
+                }
+            }
+            files.sort();
+            files
+        } else {
+            return Err(LoadError::NoWeights {
+                dir: dir.to_path_buf(),
+            });
+        };
+        Self::open_files(&files)
+    }
+
+    /// Opens the given safetensors files (keys must not repeat across files).
+    pub fn open_files(files: &[PathBuf]) -> Result<Self, LoadError> {
+        let mut shards = Vec::with_capacity(files.len());
+        let mut index = HashMap::new();
+        for path in files {
+            let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let (n, metadata) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
+                LoadError::Safetensors {
+                    path: path.clone(),
+                    message: e.to_string(),
+                }
+            })?;
+            for key in metadata.tensors().keys() {
+                if index.insert(key.clone(), shards.len()).is_some() {
+                    return Err(LoadError::Safetensors {
+                        path: path.clone(),
+                        message: format!("tensor `{key}` appears in more than one file"),
+                    });
+                }
+            }
+            shards.push(Shard {
+                path: path.clone(),
+                bytes,
+                data_start: 8 + n,
+                metadata,
+            });
+        }
+        Ok(Self { shards, index })
+    }
+
+    /// Every key, sorted.
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.index.keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+
+    /// The tensor `key` converted to f32, whatever its shape; `Ok(None)` when absent.
+    pub fn read_any(&self, key: &str) -> Result<Option<HostTensor>, LoadError> {
+        let Some(&at) = self.index.get(key) else {
+            return Ok(None);
+        };
+        let shard = &self.shards[at];
+        let Some(info) = shard.metadata.info(key) else {
+            return Ok(None);
+        };
+        let (start, end) = info.data_offsets;
+        let bytes = &shard.bytes[shard.data_start + start..shard.data_start + end];
+        let values = match info.dtype {
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|c| f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16))
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
+                .collect(),
+            other => {
+                return Err(LoadError::UnsupportedDtype {
+                    key: key.to_string(),
+                    dtype: format!("{other:?}"),
+                });
+            }
+        };
+        Ok(Some(HostTensor {
+            shape: info.shape.clone(),
+            values,
+        }))
+    }
+}
+
+impl WeightSource for SafetensorsSource {
+    fn tensor(&mut self, key: &str, shape: &[usize], _init: Init) -> Result<Vec<f32>, LoadError> {
+        if let Some(found) = self.shape(key)
+            && found != shape
+        {
+            return Err(LoadError::ShapeMismatch {
+                key: key.to_string(),
+                expected: shape.to_vec(),
+                found,
+            });
+        }
+        let tensor = self
+            .read_any(key)?
+            .ok_or_else(|| LoadError::MissingTensor {
+                key: key.to_string(),
+                expected: shape.to_vec(),
+            })?;
+        Ok(tensor.values)
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        self.index.contains_key(key)
+    }
+
+    fn shape(&self, key: &str) -> Option<Vec<usize>> {
+        let shard = &self.shards[*self.index.get(key)?];
+        shard.metadata.info(key).map(|i| i.shape.clone())
+    }
+}
+
+/// IEEE half → f32 (subnormals, infinities and NaN included).
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = u32::from(h >> 15) << 31;
+    let exp = u32::from((h >> 10) & 0x1f);
+    let mant = u32::from(h & 0x3ff);
+    let bits = match (exp, mant) {
+        (0, 0) => sign,
+        (0, m) => {
+            // Subnormal: renormalise.
+            let mut e: i32 = 127 - 15 + 1;
+            let mut m = m;
+            while m & 0x400 == 0 {
+                m <<= 1;
+                e -= 1;
+            }
+            sign | ((e as u32) << 23) | ((m & 0x3ff) << 13)
+        }
+        (0x1f, m) => sign | 0x7f80_0000 | (m << 13),
+        (e, m) => sign | ((e + 127 - 15) << 23) | (m << 13),
+    };
+    f32::from_bits(bits)
+}
+
+/// The routed experts of the MoE block at `mp` (`model.layers.L.mlp` or `.block_sparse_moe`), from
+/// per-expert keys or the fused v5 layout (`experts.gate_up_proj [E, 2I, H]` with gate rows first,
+/// `experts.down_proj [E, H, I]`; the transposed `[E, H, 2I]` / `[E, I, H]` variant is recognised by
+/// shape when `H ≠ 2I` / `H ≠ I`).
+pub(crate) fn experts(
+    source: &mut dyn WeightSource,
+    mp: &str,
+    family: Family,
+    e: usize,
+    h: usize,
+    i: usize,
+    device: &Device,
+) -> Result<Vec<SwiGlu>, LoadError> {
+    let fused_gu = format!("{mp}.experts.gate_up_proj");
+    let fused_down = format!("{mp}.experts.down_proj");
+    if source.contains(&fused_gu) {
+        let gu_shape = source.shape(&fused_gu).unwrap_or_default();
+        let gu_transposed = gu_shape == [e, h, 2 * i] && h != 2 * i;
+        let gu = source.tensor(
+            &fused_gu,
+            &if gu_transposed {
+                [e, h, 2 * i]
+            } else {
+                [e, 2 * i, h]
+            },
+            Init::Zeros,
+        )?;
+        let down_shape = source.shape(&fused_down).unwrap_or_default();
+        let down_transposed = down_shape == [e, i, h] && h != i;
+        let down = source.tensor(
+            &fused_down,
+            &if down_transposed {
+                [e, i, h]
+            } else {
+                [e, h, i]
+            },
+            Init::Zeros,
+        )?;
+        let mut out = Vec::with_capacity(e);
+        for x in 0..e {
+            // Bring each expert to HF `[out, in]` order: gate_up [2I, H], down [H, I].
+            let gu_e = &gu[x * 2 * i * h..(x + 1) * 2 * i * h];
+            let gu_e = if gu_transposed {
+                transpose(gu_e, h, 2 * i)
+            } else {
+                gu_e.to_vec()
+            };
+            let down_e = &down[x * h * i..(x + 1) * h * i];
+            let down_e = if down_transposed {
+                transpose(down_e, i, h)
+            } else {
+                down_e.to_vec()
+            };
+            out.push(SwiGlu {
+                gate_proj: linear_from_values(&gu_e[..i * h], h, i, None, device),
+                up_proj: linear_from_values(&gu_e[i * h..], h, i, None, device),
+                down_proj: linear_from_values(&down_e, i, h, None, device),
+            });
+        }
+        return Ok(out);
+    }
+    let names = match family {
+        Family::Mixtral if mp.ends_with("block_sparse_moe") => ["w1", "w3", "w2"],
+        _ => ["gate_proj", "up_proj", "down_proj"],
+    };
+    let std_in = |d: usize| Init::Normal(1.0 / (d as f32).sqrt());
+    (0..e)
+        .map(|x| {
+            let p = format!("{mp}.experts.{x}");
+            let gate = source.tensor(&format!("{p}.{}.weight", names[0]), &[i, h], std_in(h))?;
+            let up = source.tensor(&format!("{p}.{}.weight", names[1]), &[i, h], std_in(h))?;
+            let down = source.tensor(&format!("{p}.{}.weight", names[2]), &[h, i], std_in(i))?;
+            Ok(SwiGlu {
+                gate_proj: linear_from_values(&gate, h, i, None, device),
+                up_proj: linear_from_values(&up, h, i, None, device),
+                down_proj: linear_from_values(&down, i, h, None, device),
+            })
+        })
+        .collect()
+}
+
+/// Loads an HF checkpoint directory (`config.json` + weights) as f32 parameters on `device`.
+pub fn load_checkpoint(
+    dir: impl AsRef<Path>,
+    device: &Device,
+) -> Result<MoeTransformer, LoadError> {
+    let dir = dir.as_ref();
+    let config = MoeTransformerConfig::from_file(dir.join("config.json"))?;
+    let mut source = SafetensorsSource::open_dir(dir)?;
+    MoeTransformer::build(&config, &mut source, device)
+}
+
+impl From<seqtopk_router::RoutingError> for LoadError {
+    fn from(e: seqtopk_router::RoutingError) -> Self {
+        LoadError::Model(ModelError::Routing(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_conversion() {
+        assert_eq!(f16_to_f32(0x3c00), 1.0);
+        assert_eq!(f16_to_f32(0xc000), -2.0);
+        assert_eq!(f16_to_f32(0x0001), 2f32.powi(-24));
+        assert!(f16_to_f32(0x7c00).is_infinite());
+    }
+}

@@ -1,0 +1,727 @@
+//! The decoder-only MoE transformer, one implementation for every supported family.
+
+use burn::module::{Module, Param};
+use burn::nn::{Embedding, Linear};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::module::linear;
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use seqtopk_router::{ExpertCache, Router, RouterConfig, RouterOutput, RoutingMode, TokenLayout};
+
+use crate::attention::{Attention, LayerKvCache, attention_mask};
+use crate::config::{Family, FfnKind, MoeTransformerConfig, QkNorm};
+use crate::mlp::SwiGlu;
+use crate::moe::{RouteCall, SparseMoe};
+use crate::norm::RmsNorm;
+use crate::rope;
+use crate::weights::{Init, WeightSource, transpose};
+use crate::{LoadError, ModelError};
+
+/// The feed-forward half of a decoder layer.
+// A model has a handful of layers built once; boxing would only add indirection.
+#[allow(clippy::large_enum_variant)]
+#[derive(Module, Debug)]
+pub enum Ffn {
+    /// Dense SwiGLU (Llama, Qwen dense layers).
+    Dense(SwiGlu),
+    /// Sparse MoE block.
+    Moe(SparseMoe),
+}
+
+/// Pre-norm decoder layer: `h += attn(norm₁(h))`, `h += ffn(norm₂(h))`.
+#[derive(Module, Debug)]
+pub struct DecoderLayer {
+    /// Norm before attention.
+    pub input_layernorm: RmsNorm,
+    /// Self-attention.
+    pub self_attn: Attention,
+    /// Norm before the feed-forward.
+    pub post_attention_layernorm: RmsNorm,
+    /// Dense MLP or MoE block.
+    pub mlp: Ffn,
+}
+
+/// The causal LM: embedding, decoder layers, final norm, LM head (tied or not).
+#[derive(Module, Debug)]
+pub struct MoeTransformer {
+    /// Token embedding `[V, H]`.
+    pub embed_tokens: Embedding,
+    /// Decoder layers.
+    pub layers: Vec<DecoderLayer>,
+    /// Final norm.
+    pub norm: RmsNorm,
+    /// Untied head `[H, V]`; `None` when tied to the embedding.
+    pub lm_head: Option<Linear>,
+    /// Resolved configuration.
+    #[module(skip)]
+    config: MoeTransformerConfig,
+    /// The router every MoE layer uses (layers share a shape, so one validated router serves all).
+    #[module(skip)]
+    router: Option<Router>,
+}
+
+/// What a forward pass returns.
+#[derive(Debug, Clone)]
+pub struct ModelOutput {
+    /// Next-token logits `[B, T, V]` (f32).
+    pub logits: Tensor<3>,
+    /// One router output per MoE layer, in layer order.
+    pub router_outputs: Vec<RouterOutput>,
+    /// Decoder index of each entry of `router_outputs`.
+    pub moe_layers: Vec<usize>,
+}
+
+/// Generation state: the KV cache of every layer, the online-SeqTopK expert cache of every MoE
+/// layer, and per row the key validity and next position.
+#[derive(Debug, Clone)]
+pub struct DecodeState {
+    kv: Vec<LayerKvCache>,
+    experts: Vec<Option<ExpertCache>>,
+    key_valid: Vec<Vec<bool>>,
+    next_position: Vec<usize>,
+}
+
+impl DecodeState {
+    /// Positions cached so far (per row, padding included).
+    pub fn len(&self) -> usize {
+        self.kv.first().map_or(0, LayerKvCache::len)
+    }
+
+    /// Whether nothing has been cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The expert cache of decoder layer `layer` (online SeqTopK only).
+    pub fn expert_cache(&self, layer: usize) -> Option<&ExpertCache> {
+        self.experts.get(layer).and_then(Option::as_ref)
+    }
+}
+
+/// Positions for RoPE: each valid token's index among the valid tokens of its own document in its
+/// row (so packed documents restart at 0 and left padding is skipped, as HF `generate` does);
+/// padding gets 0.
+pub fn default_positions(layout: &TokenLayout) -> Vec<usize> {
+    let (b, t) = (layout.batch(), layout.seq_len());
+    let mut out = vec![0; b * t];
+    for row in 0..b {
+        let mut seen: Vec<(u32, usize)> = Vec::new();
+        for i in 0..t {
+            let p = row * t + i;
+            if !layout.valid()[p] {
+                continue;
+            }
+            let doc = layout.doc_ids()[p];
+            match seen.iter_mut().find(|(d, _)| *d == doc) {
+                Some((_, n)) => {
+                    out[p] = *n;
+                    *n += 1;
+                }
+                None => seen.push((doc, 1)),
+            }
+        }
+    }
+    out
+}
+
+impl MoeTransformer {
+    /// A model with seeded random weights (HF-like scales), routed with per-token top-K.
+    pub fn init(
+        config: &MoeTransformerConfig,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        let mut source = crate::weights::SeededInit::new(seed);
+        Self::build(config, &mut source, device).map_err(|e| match e {
+            LoadError::Model(m) => m,
+            other => ModelError::Input(other.to_string()),
+        })
+    }
+
+    /// Builds the model from `source`, asking for every tensor by its HF key and shape.
+    pub fn build(
+        config: &MoeTransformerConfig,
+        source: &mut dyn WeightSource,
+        device: &Device,
+    ) -> Result<Self, LoadError> {
+        let c = config;
+        let (h, v) = (c.hidden_size, c.vocab_size);
+        let embed = source.tensor("model.embed_tokens.weight", &[v, h], Init::Normal(0.02))?;
+        let embed_tokens = Embedding {
+            weight: Param::from_data(TensorData::new(embed, [v, h]), device),
+        };
+        let mut layers = Vec::with_capacity(c.layers.len());
+        for (i, kind) in c.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            layers.push(DecoderLayer {
+                input_layernorm: norm(
+                    source,
+                    &format!("{p}.input_layernorm.weight"),
+                    h,
+                    c.rms_norm_eps,
+                    device,
+                )?,
+                self_attn: build_attention(c, source, &p, device)?,
+                post_attention_layernorm: norm(
+                    source,
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    h,
+                    c.rms_norm_eps,
+                    device,
+                )?,
+                // Fields evaluate in HF order, so the first missing key is the first on disk.
+                mlp: match kind {
+                    FfnKind::Dense { intermediate_size } => Ffn::Dense(swiglu(
+                        source,
+                        &format!("{p}.mlp"),
+                        ["gate_proj", "up_proj", "down_proj"],
+                        h,
+                        *intermediate_size,
+                        device,
+                    )?),
+                    FfnKind::Moe => Ffn::Moe(build_moe(c, source, &p, device)?),
+                },
+            });
+        }
+        let final_norm = norm(source, "model.norm.weight", h, c.rms_norm_eps, device)?;
+        let lm_head = if c.tie_word_embeddings {
+            None
+        } else {
+            Some(linear_from(source, "lm_head", h, v, false, device)?)
+        };
+        let mut model = Self {
+            embed_tokens,
+            layers,
+            norm: final_norm,
+            lm_head,
+            config: c.clone(),
+            router: None,
+        };
+        if let Some(moe) = &c.moe {
+            model.set_routing(&RouterConfig::new(
+                RoutingMode::Topk,
+                moe.num_experts_per_tok,
+            ))?;
+        }
+        Ok(model)
+    }
+
+    /// The resolved configuration.
+    pub fn config(&self) -> &MoeTransformerConfig {
+        &self.config
+    }
+
+    /// The router MoE layers use, `None` for a dense model.
+    pub fn router(&self) -> Option<&Router> {
+        self.router.as_ref()
+    }
+
+    /// Replaces the routing of every MoE layer (e.g. `topk` → `seqtopk`). The checkpoint's
+    /// `norm_topk_prob` applies unless `config.renormalize` overrides it.
+    pub fn set_routing(&mut self, config: &RouterConfig) -> Result<(), ModelError> {
+        if let Some(moe) = &self.config.moe {
+            self.router = Some(Router::new(config, moe.num_experts, moe.norm_topk_prob)?);
+        }
+        Ok(())
+    }
+
+    /// An empty generation state for `batch` rows.
+    pub fn new_decode_state(&self, batch: usize) -> DecodeState {
+        let online = self
+            .router
+            .as_ref()
+            .is_some_and(|r| r.mode() == RoutingMode::OnlineSeqtopk);
+        let e = self.config.moe.as_ref().map_or(0, |m| m.num_experts);
+        DecodeState {
+            kv: vec![LayerKvCache::default(); self.layers.len()],
+            experts: (0..self.layers.len())
+                .map(|i| {
+                    (online && self.config.is_moe_layer(i)).then(|| ExpertCache::new(batch, e))
+                })
+                .collect(),
+            key_valid: vec![Vec::new(); batch],
+            next_position: vec![0; batch],
+        }
+    }
+
+    /// Forward pass over a batch (training / evaluation); positions from [`default_positions`].
+    ///
+    /// `input_ids` is `[B·T]` row-major; `layout` gives padding and packed documents. Attention
+    /// never crosses documents or attends to padding.
+    pub fn forward(
+        &self,
+        input_ids: &[u32],
+        layout: &TokenLayout,
+        device: &Device,
+    ) -> Result<ModelOutput, ModelError> {
+        let positions = default_positions(layout);
+        self.forward_with(input_ids, layout, &positions, None, device)
+    }
+
+    /// Forward pass with explicit positions (`[B·T]`) and optionally a generation state (the new
+    /// tokens then attend to the cached ones, which they extend).
+    pub fn forward_with(
+        &self,
+        input_ids: &[u32],
+        layout: &TokenLayout,
+        positions: &[usize],
+        mut state: Option<&mut DecodeState>,
+        device: &Device,
+    ) -> Result<ModelOutput, ModelError> {
+        let (b, t) = (layout.batch(), layout.seq_len());
+        let c = &self.config;
+        if input_ids.len() != b * t || positions.len() != b * t {
+            return Err(ModelError::Input(format!(
+                "layout is [{b}, {t}] but got {} ids and {} positions",
+                input_ids.len(),
+                positions.len()
+            )));
+        }
+        if let Some(&bad) = input_ids.iter().find(|&&id| id as usize >= c.vocab_size) {
+            return Err(ModelError::Input(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                c.vocab_size
+            )));
+        }
+        if b == 0 || t == 0 {
+            return Err(ModelError::Input("empty batch".into()));
+        }
+        let ids = Tensor::<2, Int>::from_data(
+            TensorData::new(
+                input_ids.iter().map(|&i| i64::from(i)).collect::<Vec<_>>(),
+                [b, t],
+            ),
+            device,
+        );
+        let (cos, sin) = rope::cos_sin(positions, b, t, c.head_dim, c.rope_theta, device);
+        let mask = match state.as_deref_mut() {
+            None => attention_mask(
+                layout.valid(),
+                layout.doc_ids(),
+                layout.doc_ids(),
+                b,
+                0,
+                device,
+            ),
+            Some(st) => {
+                if st.key_valid.len() != b {
+                    return Err(ModelError::Input(format!(
+                        "decode state has {} rows, batch has {b}",
+                        st.key_valid.len()
+                    )));
+                }
+                if layout.doc_ids().iter().any(|&d| d != 0) {
+                    return Err(ModelError::Input(
+                        "generation rows must hold one document each".into(),
+                    ));
+                }
+                let past = st.len();
+                let mut key_valid = Vec::with_capacity(b * (past + t));
+                for row in 0..b {
+                    st.key_valid[row].extend_from_slice(&layout.valid()[row * t..(row + 1) * t]);
+                    key_valid.extend_from_slice(&st.key_valid[row]);
+                }
+                let tk = past + t;
+                attention_mask(
+                    &key_valid,
+                    &vec![0; b * tk],
+                    &vec![0; b * t],
+                    b,
+                    past,
+                    device,
+                )
+            }
+        };
+        let mut hidden = self.embed_tokens.forward(ids);
+        let mut router_outputs = Vec::new();
+        let mut moe_layers = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (kv, expert_cache) = match state.as_deref_mut() {
+                Some(st) => (Some(&mut st.kv[i]), st.experts[i].as_mut()),
+                None => (None, None),
+            };
+            let x = layer.input_layernorm.forward(hidden.clone());
+            hidden = hidden + layer.self_attn.forward(x, &cos, &sin, &mask, kv);
+            let x = layer.post_attention_layernorm.forward(hidden.clone());
+            let y = match &layer.mlp {
+                Ffn::Dense(mlp) => mlp.forward(x),
+                Ffn::Moe(moe) => {
+                    let router = self
+                        .router
+                        .as_ref()
+                        .ok_or_else(|| ModelError::Input("MoE layer without a router".into()))?;
+                    let call = match expert_cache {
+                        Some(cache) if cache.is_empty() => RouteCall::Prefill(cache),
+                        Some(cache) => RouteCall::Decode(cache),
+                        None => RouteCall::Full,
+                    };
+                    let (y, out) = moe.forward(x, router, layout, call)?;
+                    router_outputs.push(out);
+                    moe_layers.push(i);
+                    y
+                }
+            };
+            hidden = hidden + y;
+        }
+        if let Some(st) = state {
+            for row in 0..b {
+                if let Some(last) = (0..t).rev().find(|&i| layout.valid()[row * t + i]) {
+                    st.next_position[row] = positions[row * t + last] + 1;
+                }
+            }
+        }
+        let hidden = self.norm.forward(hidden);
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => linear(hidden, self.embed_tokens.weight.val().transpose(), None),
+        };
+        let logits = if logits.dtype() == DType::F32 {
+            logits
+        } else {
+            logits.cast(DType::F32)
+        };
+        Ok(ModelOutput {
+            logits,
+            router_outputs,
+            moe_layers,
+        })
+    }
+
+    /// Greedy generation for a batch of prompts (left padded internally): prefill, then one token
+    /// per step through the KV cache (and the expert caches in `online_seqtopk` mode). Stops a row
+    /// at a token of `stop` (which is kept) and pads it afterwards; returns only new tokens.
+    ///
+    /// Routing: `online_seqtopk` prefills and decodes through each MoE layer's expert cache; any
+    /// other mode routes each decode step on its own (for `seqtopk` that is a per-step budget).
+    ///
+    /// Host synchronisation: one read-back of the `[B]` argmax per step, which the next step's
+    /// input needs.
+    pub fn generate_greedy(
+        &self,
+        prompts: &[Vec<u32>],
+        max_new_tokens: usize,
+        stop: &[u32],
+        device: &Device,
+    ) -> Result<Vec<Vec<u32>>, ModelError> {
+        let b = prompts.len();
+        let t0 = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        if b == 0 || prompts.iter().any(Vec::is_empty) {
+            return Err(ModelError::Input(
+                "every prompt needs at least one token".into(),
+            ));
+        }
+        let pad = self.config.pad_token_id.unwrap_or(0);
+        let mut ids = Vec::with_capacity(b * t0);
+        let mut valid = Vec::with_capacity(b * t0);
+        for p in prompts {
+            ids.extend(std::iter::repeat_n(pad, t0 - p.len()).chain(p.iter().copied()));
+            valid.extend(
+                std::iter::repeat_n(false, t0 - p.len()).chain(std::iter::repeat_n(true, p.len())),
+            );
+        }
+        let layout = TokenLayout::new(b, t0, valid, vec![0; b * t0])?;
+        let mut state = self.new_decode_state(b);
+        let positions = default_positions(&layout);
+        let out = self.forward_with(&ids, &layout, &positions, Some(&mut state), device)?;
+        let mut next = argmax_last(out.logits)?;
+        let mut generated = vec![Vec::with_capacity(max_new_tokens); b];
+        let mut done = vec![false; b];
+        for step in 0..max_new_tokens {
+            for row in 0..b {
+                if !done[row] {
+                    generated[row].push(next[row]);
+                    done[row] = stop.contains(&next[row]);
+                }
+            }
+            if step + 1 == max_new_tokens || done.iter().all(|&d| d) {
+                break;
+            }
+            let input: Vec<u32> = (0..b)
+                .map(|r| if done[r] { pad } else { next[r] })
+                .collect();
+            let positions = state.next_position.clone();
+            let layout = TokenLayout::dense(b, 1);
+            let out = self.forward_with(&input, &layout, &positions, Some(&mut state), device)?;
+            next = argmax_last(out.logits)?;
+        }
+        Ok(generated)
+    }
+}
+
+fn argmax_last(logits: Tensor<3>) -> Result<Vec<u32>, ModelError> {
+    let [b, t, v] = logits.dims();
+    let last = logits
+        .narrow(1, t - 1, 1)
+        .reshape([b, v])
+        .argmax(1)
+        .reshape([b]);
+    let ids = last
+        .into_data()
+        .try_into_vec_as::<i64>()
+        .map_err(|e| ModelError::Input(format!("reading generated ids back failed: {e:?}")))?;
+    Ok(ids.into_iter().map(|i| i as u32).collect())
+}
+
+/// Mean next-token cross-entropy over the pairs `(t, t+1)` that are both real tokens of the same
+/// document (HF `ForCausalLMLoss` with `-100` at padding), and the number of such pairs.
+///
+/// # Shapes
+/// `logits`: `[B, T, V]`; `input_ids`: `[B·T]`.
+pub fn causal_lm_loss(
+    logits: Tensor<3>,
+    input_ids: &[u32],
+    layout: &TokenLayout,
+) -> Result<(Tensor<1>, usize), ModelError> {
+    let [b, t, v] = logits.dims();
+    if [b, t] != [layout.batch(), layout.seq_len()] || input_ids.len() != b * t {
+        return Err(ModelError::Input(format!(
+            "logits [{b}, {t}, {v}] do not match the layout or the ids"
+        )));
+    }
+    let device = logits.device();
+    let mut targets = vec![0i64; b * t];
+    let mut weights = vec![0f32; b * t];
+    let mut count = 0;
+    for row in 0..b {
+        for i in 0..t.saturating_sub(1) {
+            let (p, q) = (row * t + i, row * t + i + 1);
+            let (valid, docs) = (layout.valid(), layout.doc_ids());
+            if valid[p] && valid[q] && docs[p] == docs[q] {
+                targets[p] = i64::from(input_ids[q]);
+                weights[p] = 1.0;
+                count += 1;
+            }
+        }
+    }
+    if count == 0 {
+        return Err(ModelError::Input("no next-token pairs to score".into()));
+    }
+    let logits = logits.reshape([b * t, v]);
+    let logits = if logits.dtype() == DType::F32 {
+        logits
+    } else {
+        logits.cast(DType::F32)
+    };
+    let logp = log_softmax(logits, 1);
+    let targets = Tensor::<2, Int>::from_data(TensorData::new(targets, [b * t, 1]), &device);
+    let picked = logp.gather(1, targets).reshape([b * t]);
+    let weights = Tensor::<1>::from_data(TensorData::new(weights, [b * t]), &device);
+    let loss = (picked * weights).sum().neg() / count as f64;
+    Ok((loss, count))
+}
+
+fn norm(
+    source: &mut dyn WeightSource,
+    key: &str,
+    width: usize,
+    eps: f64,
+    device: &Device,
+) -> Result<RmsNorm, LoadError> {
+    Ok(RmsNorm::from_values(
+        source.tensor(key, &[width], Init::Ones)?,
+        eps,
+        device,
+    ))
+}
+
+/// A `Linear` from HF `{prefix}.weight` `[out, in]` (transposed to Burn's `[in, out]`) and
+/// optionally `{prefix}.bias`.
+fn linear_from(
+    source: &mut dyn WeightSource,
+    prefix: &str,
+    d_in: usize,
+    d_out: usize,
+    bias: bool,
+    device: &Device,
+) -> Result<Linear, LoadError> {
+    let w = source.tensor(
+        &format!("{prefix}.weight"),
+        &[d_out, d_in],
+        Init::Normal(1.0 / (d_in as f32).sqrt()),
+    )?;
+    Ok(linear_from_values(
+        &w,
+        d_in,
+        d_out,
+        if bias {
+            Some(source.tensor(&format!("{prefix}.bias"), &[d_out], Init::Zeros)?)
+        } else {
+            None
+        },
+        device,
+    ))
+}
+
+/// A `Linear` from an HF `[out, in]` weight.
+pub(crate) fn linear_from_values(
+    w: &[f32],
+    d_in: usize,
+    d_out: usize,
+    bias: Option<Vec<f32>>,
+    device: &Device,
+) -> Linear {
+    Linear {
+        weight: Param::from_data(
+            TensorData::new(transpose(w, d_out, d_in), [d_in, d_out]),
+            device,
+        ),
+        bias: bias.map(|b| Param::from_data(TensorData::new(b, [d_out]), device)),
+    }
+}
+
+fn swiglu(
+    source: &mut dyn WeightSource,
+    prefix: &str,
+    names: [&str; 3],
+    h: usize,
+    i: usize,
+    device: &Device,
+) -> Result<SwiGlu, LoadError> {
+    Ok(SwiGlu {
+        gate_proj: linear_from(
+            source,
+            &format!("{prefix}.{}", names[0]),
+            h,
+            i,
+            false,
+            device,
+        )?,
+        up_proj: linear_from(
+            source,
+            &format!("{prefix}.{}", names[1]),
+            h,
+            i,
+            false,
+            device,
+        )?,
+        down_proj: linear_from(
+            source,
+            &format!("{prefix}.{}", names[2]),
+            i,
+            h,
+            false,
+            device,
+        )?,
+    })
+}
+
+fn build_attention(
+    c: &MoeTransformerConfig,
+    source: &mut dyn WeightSource,
+    p: &str,
+    device: &Device,
+) -> Result<Attention, LoadError> {
+    let (h, nh, nkv, d) = (
+        c.hidden_size,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.head_dim,
+    );
+    let a = format!("{p}.self_attn");
+    let (q_width, k_width) = match c.qk_norm {
+        QkNorm::FullWidth => (nh * d, nkv * d),
+        _ => (d, d),
+    };
+    let qk = c.qk_norm != QkNorm::None;
+    Ok(Attention {
+        q_proj: linear_from(
+            source,
+            &format!("{a}.q_proj"),
+            h,
+            nh * d,
+            c.qkv_bias,
+            device,
+        )?,
+        k_proj: linear_from(
+            source,
+            &format!("{a}.k_proj"),
+            h,
+            nkv * d,
+            c.qkv_bias,
+            device,
+        )?,
+        v_proj: linear_from(
+            source,
+            &format!("{a}.v_proj"),
+            h,
+            nkv * d,
+            c.qkv_bias,
+            device,
+        )?,
+        o_proj: linear_from(source, &format!("{a}.o_proj"), nh * d, h, c.o_bias, device)?,
+        q_norm: if qk {
+            Some(norm(
+                source,
+                &format!("{a}.q_norm.weight"),
+                q_width,
+                c.rms_norm_eps,
+                device,
+            )?)
+        } else {
+            None
+        },
+        k_norm: if qk {
+            Some(norm(
+                source,
+                &format!("{a}.k_norm.weight"),
+                k_width,
+                c.rms_norm_eps,
+                device,
+            )?)
+        } else {
+            None
+        },
+        num_heads: nh,
+        num_kv_heads: nkv,
+        head_dim: d,
+        per_head_norm: c.qk_norm == QkNorm::PerHead,
+        clip_qkv: c.clip_qkv.unwrap_or(0.0),
+    })
+}
+
+fn build_moe(
+    c: &MoeTransformerConfig,
+    source: &mut dyn WeightSource,
+    p: &str,
+    device: &Device,
+) -> Result<SparseMoe, LoadError> {
+    let moe = c
+        .moe
+        .as_ref()
+        .ok_or_else(|| ModelError::Input("MoE layer without an MoE config".into()))?;
+    let (h, e, i) = (c.hidden_size, moe.num_experts, moe.expert_intermediate_size);
+    // Mixtral keeps `block_sparse_moe` on disk unless re-saved in the fused v5 layout (`mlp`).
+    let mp = if c.family == Family::Mixtral && !source.contains(&format!("{p}.mlp.gate.weight")) {
+        format!("{p}.block_sparse_moe")
+    } else {
+        format!("{p}.mlp")
+    };
+    let gate = linear_from(source, &format!("{mp}.gate"), h, e, false, device)?;
+    let experts = crate::loader::experts(source, &mp, c.family, e, h, i, device)?;
+    let (shared_expert, shared_expert_gate) = match moe.shared_expert_intermediate_size {
+        Some(si) => (
+            Some(swiglu(
+                source,
+                &format!("{mp}.shared_expert"),
+                ["gate_proj", "up_proj", "down_proj"],
+                h,
+                si,
+                device,
+            )?),
+            Some(linear_from(
+                source,
+                &format!("{mp}.shared_expert_gate"),
+                h,
+                1,
+                false,
+                device,
+            )?),
+        ),
+        None => (None, None),
+    };
+    Ok(SparseMoe {
+        gate,
+        experts,
+        shared_expert,
+        shared_expert_gate,
+    })
+}

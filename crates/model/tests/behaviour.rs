@@ -1,0 +1,210 @@
+//! Model behaviour beyond HF parity: packed documents, routing modes, the HF load-balancing loss,
+//! and clear loading errors.
+#![allow(missing_docs)]
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use safetensors::SafeTensors;
+use seqtopk_model::{LoadError, load_checkpoint};
+use seqtopk_router::{LbConvention, RouterConfig, RoutingMode, TokenLayout, load_balancing_loss};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../checkpoints/fixtures")
+        .join(name)
+}
+
+fn to_vec(t: burn::tensor::Tensor<3>) -> Vec<f32> {
+    t.into_data().try_into_vec_as::<f32>().unwrap()
+}
+
+#[test]
+fn packed_documents_equal_separate_rows() {
+    // Attention never crosses documents and positions restart per document, so a packed row
+    // [A | B] gives the logits of A and B run alone (per-token routing is per-token anyway).
+    let device = Device::flex();
+    for name in ["olmoe-tiny", "qwen2_moe-tiny", "llama-tiny"] {
+        let model = load_checkpoint(fixture(name), &device).unwrap();
+        let a: Vec<u32> = vec![5, 17, 99, 3, 250, 8];
+        let b: Vec<u32> = vec![42, 7, 7, 180, 33];
+        let packed: Vec<u32> = a.iter().chain(&b).copied().collect();
+        let docs: Vec<u32> = [vec![0; a.len()], vec![1; b.len()]].concat();
+        let layout = TokenLayout::new(1, packed.len(), vec![true; packed.len()], docs).unwrap();
+        let together = to_vec(model.forward(&packed, &layout, &device).unwrap().logits);
+        let alone_a = to_vec(
+            model
+                .forward(&a, &TokenLayout::dense(1, a.len()), &device)
+                .unwrap()
+                .logits,
+        );
+        let alone_b = to_vec(
+            model
+                .forward(&b, &TokenLayout::dense(1, b.len()), &device)
+                .unwrap()
+                .logits,
+        );
+        let alone: Vec<f32> = alone_a.into_iter().chain(alone_b).collect();
+        let max = together
+            .iter()
+            .zip(&alone)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(max < 1e-4, "{name}: packed vs separate max diff {max}");
+    }
+}
+
+#[test]
+fn hf_load_balancing_loss_matches_golden() {
+    let device = Device::flex();
+    for name in [
+        "olmoe-tiny",
+        "qwen2_moe-tiny",
+        "qwen3_moe-tiny",
+        "mixtral-tiny",
+    ] {
+        let model = load_checkpoint(fixture(name), &device).unwrap();
+        let bytes = std::fs::read(fixture(name).join("golden.safetensors")).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let i64s = |k: &str| -> Vec<i64> {
+            st.tensor(k)
+                .unwrap()
+                .data()
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        };
+        let ids: Vec<u32> = i64s("input_ids").iter().map(|&i| i as u32).collect();
+        let valid: Vec<bool> = i64s("attention_mask").iter().map(|&m| m == 1).collect();
+        let layout = TokenLayout::new(3, 13, valid, vec![0; 39]).unwrap();
+        let out = model.forward(&ids, &layout, &device).unwrap();
+        let aux = load_balancing_loss(&out.router_outputs, &layout, LbConvention::Hf);
+        let aux = aux.into_data().try_into_vec_as::<f32>().unwrap()[0];
+        let want = f32::from_le_bytes(st.tensor("aux_loss").unwrap().data().try_into().unwrap());
+        assert!((aux - want).abs() < 1e-5, "{name}: aux {aux} vs HF {want}");
+    }
+}
+
+#[test]
+fn seqtopk_routing_changes_allocation_not_budget() {
+    let device = Device::flex();
+    let mut model = load_checkpoint(fixture("olmoe-tiny"), &device).unwrap();
+    model
+        .set_routing(&RouterConfig::new(RoutingMode::Seqtopk, 2))
+        .unwrap();
+    let ids: Vec<u32> = (0..24).map(|i| (i * 37 % 256) as u32).collect();
+    let layout = TokenLayout::from_lengths(12, &[12, 9]).unwrap();
+    let out = model.forward(&ids, &layout, &device).unwrap();
+    for r in &out.router_outputs {
+        // Budget T_valid·K per sequence, cap K+2, floor 1.
+        assert_eq!(r.plan.num_pairs(), (12 + 9) * 2);
+        assert!(r.plan.stats.experts_per_token.iter().all(|&c| c <= 4));
+    }
+    let logits = to_vec(out.logits);
+    assert!(logits.iter().all(|x| x.is_finite()));
+}
+
+#[test]
+fn online_seqtopk_generation_fills_expert_caches() {
+    let device = Device::flex();
+    let mut model = load_checkpoint(fixture("qwen3_moe-tiny"), &device).unwrap();
+    model
+        .set_routing(&RouterConfig::new(RoutingMode::OnlineSeqtopk, 2))
+        .unwrap();
+    let prompts = vec![vec![5, 9, 13, 200], vec![77, 3]];
+    let out = model.generate_greedy(&prompts, 5, &[], &device).unwrap();
+    assert!(out.iter().all(|row| row.len() == 5));
+    // The state API: prefill then decode keeps the expert cache beside the KV cache.
+    let mut state = model.new_decode_state(1);
+    let layout = TokenLayout::dense(1, 3);
+    model
+        .forward_with(&[5, 9, 13], &layout, &[0, 1, 2], Some(&mut state), &device)
+        .unwrap();
+    model
+        .forward_with(
+            &[40],
+            &TokenLayout::dense(1, 1),
+            &[3],
+            Some(&mut state),
+            &device,
+        )
+        .unwrap();
+    assert_eq!(state.len(), 4);
+    for layer in model.config().moe_layers() {
+        let cache = state.expert_cache(layer).unwrap();
+        assert_eq!((cache.len(), cache.valid_tokens(0)), (4, 4));
+    }
+}
+
+fn copy_fixture(name: &str, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture(name).join(f), to.join(f)).unwrap();
+    }
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("seqtopk-model-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn loading_errors_name_the_key_and_shape() {
+    let device = Device::flex();
+
+    let dir = scratch("missing");
+    copy_fixture("olmoe-tiny", &dir);
+    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        cfg.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3"),
+    )
+    .unwrap();
+    let err = load_checkpoint(&dir, &device).unwrap_err();
+    assert!(matches!(err, LoadError::MissingTensor { .. }), "{err}");
+    assert!(
+        err.to_string().contains("model.layers.2.") && err.to_string().contains("expected shape ["),
+        "{err}"
+    );
+
+    let dir = scratch("shape");
+    copy_fixture("olmoe-tiny", &dir);
+    std::fs::write(
+        dir.join("config.json"),
+        cfg.replace("\"intermediate_size\": 40", "\"intermediate_size\": 41"),
+    )
+    .unwrap();
+    let err = load_checkpoint(&dir, &device).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, LoadError::ShapeMismatch { .. }), "{msg}");
+    assert!(
+        msg.contains("experts.0.gate_proj.weight")
+            && msg.contains("[41, 96]")
+            && msg.contains("[40, 96]"),
+        "{msg}"
+    );
+
+    let dir = scratch("truncated");
+    copy_fixture("olmoe-tiny", &dir);
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    let err = load_checkpoint(&dir, &device).unwrap_err();
+    assert!(matches!(err, LoadError::Safetensors { .. }), "{err}");
+    assert!(err.to_string().contains("model.safetensors"), "{err}");
+
+    let dir = scratch("noweights");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        fixture("olmoe-tiny").join("config.json"),
+        dir.join("config.json"),
+    )
+    .unwrap();
+    assert!(matches!(
+        load_checkpoint(&dir, &device).unwrap_err(),
+        LoadError::NoWeights { .. }
+    ));
+
+    let err = load_checkpoint(scratch("nothing"), &device).unwrap_err();
+    assert!(err.to_string().contains("config.json"), "{err}");
+}

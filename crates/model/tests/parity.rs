@@ -1,0 +1,198 @@
+//! Parity with Hugging Face transformers 5.23 on the committed tiny fixtures
+//! (`checkpoints/fixtures/*`, made by `tools/fixtures/make_model_fixtures.py`): logits, router
+//! logits and CE loss of a right-padded batch with `topk` routing, and greedy generation of
+//! left-padded prompts through the KV cache.
+#![allow(missing_docs)]
+
+use std::path::PathBuf;
+
+use burn::tensor::Device;
+use safetensors::SafeTensors;
+use safetensors::tensor::Dtype;
+use seqtopk_model::{causal_lm_loss, load_checkpoint};
+use seqtopk_router::TokenLayout;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../checkpoints/fixtures")
+        .join(name)
+}
+
+struct Golden {
+    bytes: Vec<u8>,
+}
+
+impl Golden {
+    fn open(name: &str) -> Self {
+        Self {
+            bytes: std::fs::read(fixture(name).join("golden.safetensors"))
+                .expect("golden.safetensors"),
+        }
+    }
+
+    fn get(&self, key: &str) -> (Vec<usize>, Dtype, Vec<u8>) {
+        let st = SafeTensors::deserialize(&self.bytes).unwrap();
+        let t = st
+            .tensor(key)
+            .unwrap_or_else(|_| panic!("golden key {key}"));
+        (t.shape().to_vec(), t.dtype(), t.data().to_vec())
+    }
+
+    fn f32s(&self, key: &str) -> (Vec<usize>, Vec<f32>) {
+        let (shape, dtype, data) = self.get(key);
+        assert_eq!(dtype, Dtype::F32, "{key}");
+        (
+            shape,
+            data.chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+        )
+    }
+
+    fn i64s(&self, key: &str) -> (Vec<usize>, Vec<i64>) {
+        let (shape, dtype, data) = self.get(key);
+        assert_eq!(dtype, Dtype::I64, "{key}");
+        (
+            shape,
+            data.chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+        )
+    }
+}
+
+/// Checks logits, router logits and loss of `name` against `prefix`-ed goldens; returns max |Δlogit|.
+fn check_forward(name: &str, prefix: &str, tol: f32) -> f32 {
+    let device = Device::flex();
+    let model = load_checkpoint(fixture(name), &device).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let g = Golden::open(name);
+    let (shape, ids) = g.i64s("input_ids");
+    let (_, mask) = g.i64s("attention_mask");
+    let (b, t) = (shape[0], shape[1]);
+    let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+    let valid: Vec<bool> = mask.iter().map(|&m| m == 1).collect();
+    let layout = TokenLayout::new(b, t, valid.clone(), vec![0; b * t]).unwrap();
+    let out = model.forward(&ids, &layout, &device).unwrap();
+    let (lshape, want) = g.f32s(&format!("{prefix}logits"));
+    let v = lshape[2];
+    let got = out
+        .logits
+        .clone()
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .unwrap();
+    let mut max = 0f32;
+    for p in 0..b * t {
+        if valid[p] {
+            for j in 0..v {
+                max = max.max((got[p * v + j] - want[p * v + j]).abs());
+            }
+        }
+    }
+    assert!(
+        max <= tol,
+        "{name}: max |Δlogit| on valid tokens = {max:e} > {tol:e}"
+    );
+
+    for (out_r, &layer) in out.router_outputs.iter().zip(&out.moe_layers) {
+        let (rshape, want) = g.f32s(&format!("{prefix}router_logits.{layer}"));
+        let e = rshape[1];
+        let got = out_r
+            .logits
+            .clone()
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .unwrap();
+        let mut rmax = 0f32;
+        for p in 0..b * t {
+            if valid[p] {
+                for j in 0..e {
+                    rmax = rmax.max((got[p * e + j] - want[p * e + j]).abs());
+                }
+            }
+        }
+        assert!(
+            rmax <= tol,
+            "{name}: layer {layer} max |Δrouter logit| = {rmax:e}"
+        );
+    }
+
+    let (loss, count) = causal_lm_loss(out.logits, &ids, &layout).unwrap();
+    let loss = loss.into_data().try_into_vec_as::<f32>().unwrap()[0];
+    let (_, want_loss) = g.f32s(&format!("{prefix}loss_ce"));
+    assert_eq!(count, 26);
+    assert!(
+        (loss - want_loss[0]).abs() <= 1e-5,
+        "{name}: loss {loss} vs HF {}",
+        want_loss[0]
+    );
+    println!(
+        "{name}: max |Δlogit| = {max:e}, loss {loss} vs HF {}",
+        want_loss[0]
+    );
+    max
+}
+
+/// Greedy generation of the left-padded prompts equals `generate(do_sample=False)`.
+fn check_generation(name: &str) {
+    let device = Device::flex();
+    let model = load_checkpoint(fixture(name), &device).unwrap();
+    let g = Golden::open(name);
+    let (shape, ids) = g.i64s("gen_prompt_ids");
+    let (_, mask) = g.i64s("gen_attention_mask");
+    let (oshape, want) = g.i64s("gen_output_ids");
+    let (b, t) = (shape[0], shape[1]);
+    let prompts: Vec<Vec<u32>> = (0..b)
+        .map(|r| {
+            (0..t)
+                .filter(|&i| mask[r * t + i] == 1)
+                .map(|i| ids[r * t + i] as u32)
+                .collect()
+        })
+        .collect();
+    let new = oshape[1] - t;
+    let got = model.generate_greedy(&prompts, new, &[2], &device).unwrap();
+    for r in 0..b {
+        let want_row: Vec<u32> = want[r * oshape[1] + t..(r + 1) * oshape[1]]
+            .iter()
+            .map(|&i| i as u32)
+            .collect();
+        assert_eq!(got[r], want_row, "{name}: row {r}");
+    }
+}
+
+macro_rules! family {
+    ($fwd:ident, $gen:ident, $name:literal) => {
+        #[test]
+        fn $fwd() {
+            check_forward($name, "", 1e-4);
+        }
+
+        #[test]
+        fn $gen() {
+            check_generation($name);
+        }
+    };
+}
+
+family!(olmoe_forward, olmoe_generate, "olmoe-tiny");
+family!(qwen2_moe_forward, qwen2_moe_generate, "qwen2_moe-tiny");
+family!(qwen3_moe_forward, qwen3_moe_generate, "qwen3_moe-tiny");
+family!(mixtral_forward, mixtral_generate, "mixtral-tiny");
+family!(llama_forward, llama_generate, "llama-tiny");
+
+#[test]
+fn olmoe_fused_layout() {
+    check_forward("olmoe-tiny-fused", "", 1e-4);
+}
+
+#[test]
+fn qwen2_moe_sharded() {
+    check_forward("qwen2_moe-tiny-sharded", "", 1e-4);
+}
+
+#[test]
+fn mixtral_bf16_weights_run_in_f32() {
+    // bf16 weights upcast to f32 equal HF's `dtype=float32` run of the same file.
+    check_forward("mixtral-tiny-bf16", "f32_upcast.", 1e-4);
+}
