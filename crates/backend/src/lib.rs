@@ -167,6 +167,25 @@ mod tests {
         assert!(Backend::compiled().contains(&Backend::Cpu));
     }
 
+    /// CI installs Mesa's software Vulkan driver: there, a wgpu build must really test on wgpu.
+    #[test]
+    fn ci_runs_device_tests_on_wgpu() {
+        let devices = test_devices();
+        eprintln!(
+            "device tests run on: {:?}",
+            devices
+                .iter()
+                .map(|(b, _)| b.to_string())
+                .collect::<Vec<_>>()
+        );
+        if Backend::Wgpu.is_compiled() && std::env::var("CI").as_deref() == Ok("true") {
+            assert!(
+                devices.iter().any(|(b, _)| *b == Backend::Wgpu),
+                "wgpu is compiled in but no adapter was found (is mesa-vulkan-drivers installed?)"
+            );
+        }
+    }
+
     #[test]
     fn missing_backend_is_a_clear_error() {
         if !Backend::Cuda.is_compiled() {
