@@ -370,6 +370,22 @@ mod tests {
     }
 
     #[test]
+    fn parses_a_recipe_section_and_rejects_unknown_fields() {
+        let cfg: RouterConfig = toml::from_str(
+            "mode = \"seqtopk\"\ntop_k = 2\ncap = 4\nfloor = 1\nz_loss_coef = 0.001\n\
+             [load_balance]\nconvention = \"sequence\"\ncoef = 0.01\ndispatch = \"virtual_topk\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.mode, RoutingMode::Seqtopk);
+        assert_eq!(cfg.load_balance.convention, LbConvention::Sequence);
+        assert_eq!(cfg.load_balance.dispatch, LbDispatch::VirtualTopk);
+        let err = toml::from_str::<RouterConfig>("top_k = 2\ncapp = 4\n").unwrap_err();
+        assert!(err.to_string().contains("capp"), "{err}");
+        let err = toml::from_str::<RouterConfig>("top_k = 2\nmode = \"seq\"\n").unwrap_err();
+        assert!(err.to_string().contains("seqtopk"), "{err}");
+    }
+
+    #[test]
     fn renormalize_defaults_to_the_model_and_can_be_overridden() {
         let base = RouterConfig::new(RoutingMode::Topk, 2);
         assert!(base.validate(8, true).unwrap().renormalize);
