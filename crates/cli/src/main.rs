@@ -1,0 +1,53 @@
+//! `seqtopk`: train, convert, evaluate and sample MoE language models whose router can spend the
+//! expert budget per sequence (SeqTopK) instead of per token.
+
+mod common;
+mod convert;
+mod eval;
+mod eval_loss;
+mod eval_tasks;
+mod generate;
+mod train;
+
+use clap::{Parser, Subcommand};
+
+/// Command line of the `seqtopk` binary.
+#[derive(Debug, Parser)]
+#[command(name = "seqtopk", version, about, propagate_version = true)]
+struct Cli {
+    /// Log filter (`tracing` env-filter syntax); `RUST_LOG` wins when set.
+    #[arg(long, global = true, default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Train or fine-tune a model from a TOML recipe.
+    Train(train::TrainArgs),
+    /// Convert checkpoints: HF ⇄ native, dense → MoE upcycling, inspection.
+    Convert(convert::ConvertArgs),
+    /// Evaluate a checkpoint on tasks, or measure its next-token loss (`eval loss`).
+    Eval(eval::EvalArgs),
+    /// Generate continuations of prompts.
+    Generate(generate::GenerateArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    common::init_logging(&cli.log);
+    let result = match cli.command {
+        Command::Train(args) => train::run(args),
+        Command::Convert(args) => convert::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Generate(args) => generate::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
