@@ -1,0 +1,302 @@
+//! End-to-end tests of `seqtopk train` through the binary, on the CPU backend.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use burn::store::{BurnpackStore, ModuleSnapshot};
+use burn::tensor::Device;
+use seqtopk_model::{MoeTransformer, MoeTransformerConfig};
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("seqtopk-train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The tiny recipe shrunk further so each step takes a fraction of a second in debug builds.
+fn small_run(out: &Path, steps: u64, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "train",
+        "--recipe",
+        "recipes/tiny-seqtopk-math.toml",
+        "--no-progress",
+        "--set",
+        "data.seq_len=64",
+        "--set",
+        "batch.micro_batch_size=2",
+        "--set",
+        "schedule.warmup_steps=2",
+        "--set",
+        "train.eval_batches=1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push("--set".into());
+    args.push(format!("train.steps={steps}"));
+    args.push("--set".into());
+    args.push(format!("output_dir=\"{}\"", out.display()));
+    for e in extra {
+        args.push("--set".into());
+        args.push((*e).into());
+    }
+    args
+}
+
+fn seqtopk(args: &[String]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_seqtopk"));
+    cmd.current_dir(repo_root()).args(args).env("RUST_LOG", "info");
+    cmd
+}
+
+fn run(args: &[String]) -> Output {
+    seqtopk(args).output().expect("the binary runs")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// All parameters of a checkpoint's `model.bpk`, by path, as raw bytes.
+fn weights(checkpoint: &Path) -> Vec<(String, Vec<u8>)> {
+    let config: toml::Table =
+        toml::from_str(&std::fs::read_to_string(checkpoint.join("recipe.toml")).unwrap()).unwrap();
+    let json = serde_json::to_string(&config["model"]["config"]).unwrap();
+    let config = MoeTransformerConfig::from_json_str(&json, "recipe").unwrap();
+    let device = Device::flex();
+    let mut model = MoeTransformer::init(&config, 12345, &device).unwrap();
+    let result = model
+        .load_from(&mut BurnpackStore::from_file(checkpoint.join("model.bpk")))
+        .unwrap();
+    assert!(result.missing.is_empty() && result.errors.is_empty());
+    let mut all: Vec<(String, Vec<u8>)> = model
+        .collect(None, None, false)
+        .into_iter()
+        .map(|t| {
+            let data = t.to_data().unwrap();
+            (t.name.clone(), data.as_bytes().to_vec())
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+fn checkpoint(out: &Path, step: u64) -> PathBuf {
+    out.join("checkpoints").join(format!("step-{step:06}"))
+}
+
+#[test]
+fn tiny_recipe_loss_falls_and_tensorboard_holds_the_metrics() {
+    let out = scratch("falls");
+    let res = run(&small_run(&out, 40, &["train.log_every=1", "train.eval_every=20"]));
+    assert!(res.status.success(), "{}", text(&res));
+    let files = seqtopk_tensorboard::event_files(&out.join("tensorboard")).unwrap();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let events = seqtopk_tensorboard::read_events(&files[0]).unwrap();
+    let scalars = seqtopk_tensorboard::scalars(&events.events);
+    let lm = &scalars["train/lm_loss"];
+    assert_eq!(lm.len(), 40);
+    let first: f64 = lm[..3].iter().map(|p| p.1).sum::<f64>() / 3.0;
+    let last: f64 = lm[lm.len() - 3..].iter().map(|p| p.1).sum::<f64>() / 3.0;
+    assert!(first > 10.0, "a fresh model starts near ln(50304) = 10.8, got {first}");
+    assert!(last < first - 2.0, "loss did not fall: {first} -> {last}");
+    for tag in [
+        "train/loss",
+        "train/lb_loss",
+        "train/lr",
+        "train/grad_norm",
+        "train/tokens_per_s",
+        "eval/loss/math",
+        "router/layer0/experts_per_token_mean",
+        "router/layer1/fraction_at_floor",
+        "router/layer1/fraction_at_cap",
+        "router/layer0/load_imbalance_max_over_mean",
+        "router/layer0/dead_experts",
+    ] {
+        assert!(scalars.contains_key(tag), "missing {tag}: {:?}", scalars.keys());
+    }
+    // SeqTopK with K = 2: the mean stays at the budget, the spread is not zero.
+    let mean = scalars["router/layer0/experts_per_token_mean"][0].1;
+    assert!((mean - 2.0).abs() < 0.05, "mean experts per token {mean}");
+    let histos = seqtopk_tensorboard::histograms(&events.events);
+    assert!(histos.contains_key("router/layer0/experts_per_token"));
+    assert!(histos.contains_key("router/layer1/tokens_per_expert"));
+    assert_eq!(scalars["eval/loss/math"].len(), 2);
+    assert!(out.join("final").join("config.json").is_file());
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn dry_run_prints_the_resolved_recipe_and_budget() {
+    let out = scratch("dry");
+    let mut args = small_run(&out, 10, &["optimizer.lr=5e-4"]);
+    args.push("--dry-run".into());
+    let res = run(&args);
+    assert!(res.status.success(), "{}", text(&res));
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(stdout.contains("lr = 0.0005"), "{stdout}");
+    assert!(stdout.contains("tokens_per_step = 128"), "{stdout}");
+    assert!(stdout.contains("tokens_total = 1280"), "{stdout}");
+    assert!(stdout.contains("parameters_total = "), "{stdout}");
+    assert!(!out.join("checkpoints").exists());
+}
+
+#[test]
+fn malformed_recipes_name_the_field() {
+    let out = scratch("bad");
+    let cases: [(&str, &str); 5] = [
+        ("optimizer.lrr=0.1", "lrr"),
+        ("train.steps=\"ten\"", "steps"),
+        ("optimizer.lr=-1.0", "optimizer.lr"),
+        ("router.mode=\"sometimes\"", "sometimes"),
+        ("schedule.min_lr_ratio=2.0", "schedule.min_lr_ratio"),
+    ];
+    for (set, needle) in cases {
+        let res = run(&small_run(&out, 5, &[set]));
+        assert!(!res.status.success(), "{set} was accepted");
+        let err = text(&res);
+        assert!(err.contains(needle), "{set}: error does not name `{needle}`: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let dir = scratch("bad-file");
+    let recipe = dir.join("broken.toml");
+    std::fs::write(&recipe, "name = \"x\"\n[train\nsteps = 3\n").unwrap();
+    let res = run(&["train".into(), "--recipe".into(), recipe.display().to_string()]);
+    assert!(!res.status.success());
+    assert!(text(&res).contains("broken.toml"), "{}", text(&res));
+}
+
+#[test]
+fn missing_checkpoint_is_a_clear_error() {
+    let out = scratch("missing");
+    let res = run(&small_run(
+        &out,
+        5,
+        &["model.config={}", "model.checkpoint=\"checkpoints/does-not-exist\""],
+    ));
+    // `model.config={}` plus a checkpoint is refused as ambiguous; drop the config instead.
+    assert!(!res.status.success());
+    let recipe = std::fs::read_to_string(repo_root().join("recipes/tiny-seqtopk-math.toml")).unwrap();
+    let start = recipe.find("[model.config]").unwrap();
+    let end = recipe[start..].find("\n\n").unwrap() + start;
+    let edited = format!(
+        "{}[model]\ncheckpoint = \"checkpoints/does-not-exist\"\n{}",
+        &recipe[..start],
+        &recipe[end..]
+    );
+    let path = out.join("recipe.toml");
+    std::fs::write(&path, edited).unwrap();
+    let res = run(&[
+        "train".into(),
+        "--recipe".into(),
+        path.display().to_string(),
+        "--set".into(),
+        format!("output_dir=\"{}\"", out.join("run").display()),
+    ]);
+    assert!(!res.status.success());
+    let err = text(&res);
+    assert!(err.contains("checkpoints/does-not-exist"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+fn wait_for(path: &Path, child: &mut std::process::Child) {
+    let start = Instant::now();
+    while !path.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("run ended ({status}) before {} appeared", path.display());
+        }
+        assert!(start.elapsed() < Duration::from_secs(300), "timed out");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn killed_and_interrupted_runs_resume_bit_identically() {
+    let steps = 8;
+    let cadence = ["train.checkpoint_every=2", "train.eval_every=0"];
+    // Uninterrupted reference.
+    let reference = scratch("ref");
+    let res = run(&small_run(&reference, steps, &cadence));
+    assert!(res.status.success(), "{}", text(&res));
+    let expected = weights(&checkpoint(&reference, steps));
+
+    // SIGKILL right after the first checkpoint, then resume.
+    let killed = scratch("killed");
+    let mut child = seqtopk(&small_run(&killed, steps, &cadence))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&checkpoint(&killed, 2), &mut child);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut args = small_run(&killed, steps, &cadence);
+    args.push("--resume".into());
+    let res = run(&args);
+    assert!(res.status.success(), "{}", text(&res));
+    assert!(text(&res).contains("resumed"), "{}", text(&res));
+    assert!(expected == weights(&checkpoint(&killed, steps)), "killed + resumed run differs");
+
+    // Ctrl-C (SIGINT): saves a checkpoint, exits 130, resumes to the same weights.
+    let interrupted = scratch("sigint");
+    let mut child = seqtopk(&small_run(&interrupted, steps, &cadence))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&checkpoint(&interrupted, 2), &mut child);
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    assert!(text(&out).contains("continue with --resume"), "{}", text(&out));
+    let mut args = small_run(&interrupted, steps, &cadence);
+    args.push("--resume".into());
+    let res = run(&args);
+    assert!(res.status.success(), "{}", text(&res));
+    assert!(expected == weights(&checkpoint(&interrupted, steps)), "interrupted + resumed run differs");
+
+    // A second run into the same output without --resume is refused, not overwritten.
+    let res = run(&small_run(&reference, steps, &cadence));
+    assert!(!res.status.success());
+    assert!(text(&res).contains("--resume"), "{}", text(&res));
+    for dir in [reference, killed, interrupted] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+#[test]
+fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
+    let out = scratch("nan");
+    let res = run(&small_run(
+        &out,
+        6,
+        &[
+            "optimizer.lr=1e30",
+            "schedule.kind=\"constant\"",
+            "schedule.warmup_steps=0",
+            "optimizer.max_grad_norm=0.0",
+            "train.checkpoint_every=1",
+        ],
+    ));
+    assert!(!res.status.success());
+    let err = text(&res);
+    assert!(err.contains("not finite"), "{err}");
+    assert!(err.contains("step-000001"), "{err}");
+    assert!(checkpoint(&out, 1).is_dir());
+    assert!(!out.join("final").exists());
+    std::fs::remove_dir_all(&out).unwrap();
+}

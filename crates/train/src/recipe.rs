@@ -1,0 +1,422 @@
+//! Training recipes: the TOML file `train --recipe` reads, validated before anything runs.
+//!
+//! Every section denies unknown fields, so a typo is an error naming the field instead of a
+//! silently ignored setting. Relative paths are taken from the working directory (as in
+//! transformers / LLaMA-Factory configs), so the shipped recipes run from the repository root.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use seqtopk_backend::Backend;
+use seqtopk_data::DataConfig;
+use seqtopk_router::RouterConfig;
+
+use crate::TrainError;
+
+/// The default recipe, embedded so `seqtopk train` runs with nothing but the repository.
+pub const DEFAULT_RECIPE: &str = include_str!("../../../recipes/tiny-seqtopk-math.toml");
+/// Name under which the embedded recipe is reported.
+pub const DEFAULT_RECIPE_NAME: &str = "recipes/tiny-seqtopk-math.toml (embedded)";
+
+/// A whole training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// Run name (default output directory `runs/<name>`).
+    pub name: String,
+    /// Seed of model initialisation (from scratch) and data order.
+    #[serde(default)]
+    pub seed: u64,
+    /// Backend: cpu, wgpu or cuda (must be compiled in).
+    #[serde(default)]
+    pub backend: Backend,
+    /// Device indices; more than one trains data-parallel with Burn's multi-device optimiser step.
+    #[serde(default = "default_devices")]
+    pub devices: Vec<usize>,
+    /// Where checkpoints and the final export go (default `runs/<name>`).
+    #[serde(default)]
+    pub output_dir: Option<PathBuf>,
+    /// TensorBoard log directory (default `<output_dir>/tensorboard`).
+    #[serde(default)]
+    pub log_dir: Option<PathBuf>,
+    /// What to train.
+    pub model: ModelSection,
+    /// Routing; default: the checkpoint's own per-token top-K.
+    #[serde(default)]
+    pub router: Option<RouterConfig>,
+    /// Data: sources, domains, mixture, sequence length, packing, SFT or pretraining. Its
+    /// `batch_size` is set from `[batch] micro_batch_size`.
+    pub data: DataConfig,
+    /// AdamW.
+    #[serde(default)]
+    pub optimizer: OptimizerSection,
+    /// Learning-rate schedule.
+    #[serde(default)]
+    pub schedule: ScheduleSection,
+    /// Micro-batch and gradient accumulation.
+    #[serde(default)]
+    pub batch: BatchSection,
+    /// Numeric precision of parameters and compute.
+    #[serde(default)]
+    pub precision: Precision,
+    /// Length and cadences.
+    pub train: TrainSection,
+}
+
+fn default_devices() -> Vec<usize> {
+    vec![0]
+}
+
+/// The model to train: a checkpoint to continue, or a Hugging Face style config to start from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// HF or native checkpoint directory.
+    #[serde(default)]
+    pub checkpoint: Option<PathBuf>,
+    /// From scratch: the keys of an HF `config.json` (`model_type`, `hidden_size`, …).
+    #[serde(default)]
+    pub config: Option<toml::Table>,
+}
+
+/// AdamW settings and what not to train.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimizerSection {
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Adam betas.
+    pub betas: [f64; 2],
+    /// Adam epsilon.
+    pub eps: f64,
+    /// Decoupled weight decay.
+    pub weight_decay: f64,
+    /// Global gradient-norm clipping threshold; 0 disables clipping.
+    pub max_grad_norm: f64,
+    /// Parameters to freeze, as module-path prefixes (`embed_tokens`, `layers.0.self_attn`, …).
+    pub freeze: Vec<String>,
+}
+
+impl Default for OptimizerSection {
+    fn default() -> Self {
+        Self {
+            lr: 1e-4,
+            betas: [0.9, 0.95],
+            eps: 1e-8,
+            weight_decay: 0.1,
+            max_grad_norm: 1.0,
+            freeze: Vec::new(),
+        }
+    }
+}
+
+/// Shape of the learning-rate curve after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleKind {
+    /// Cosine decay from the peak to `min_lr_ratio · lr`.
+    #[default]
+    Cosine,
+    /// Linear decay from the peak to `min_lr_ratio · lr`.
+    Linear,
+    /// Constant at the peak.
+    Constant,
+}
+
+/// Learning-rate schedule: linear warm-up, then decay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleSection {
+    /// Decay shape.
+    pub kind: ScheduleKind,
+    /// Optimiser steps of linear warm-up from 0.
+    pub warmup_steps: u64,
+    /// Final learning rate as a fraction of the peak.
+    pub min_lr_ratio: f64,
+}
+
+impl Default for ScheduleSection {
+    fn default() -> Self {
+        Self {
+            kind: ScheduleKind::Cosine,
+            warmup_steps: 0,
+            min_lr_ratio: 0.1,
+        }
+    }
+}
+
+/// Batching: one optimiser step sees `micro_batch_size · grad_accum_steps · devices` rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchSection {
+    /// Rows per forward/backward pass.
+    pub micro_batch_size: usize,
+    /// Micro-batches per optimiser step (per device).
+    pub grad_accum_steps: usize,
+}
+
+impl Default for BatchSection {
+    fn default() -> Self {
+        Self {
+            micro_batch_size: 4,
+            grad_accum_steps: 1,
+        }
+    }
+}
+
+/// Numeric precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// f32 parameters and compute: every backend.
+    #[default]
+    F32,
+    /// bf16 (GPU backends).
+    Bf16,
+    /// f16 (GPU backends).
+    F16,
+}
+
+/// Run length and cadences (in optimiser steps).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    /// Optimiser steps; exactly one of `steps` and `epochs`.
+    #[serde(default)]
+    pub steps: Option<u64>,
+    /// Passes over the training tokens; exactly one of `steps` and `epochs`.
+    #[serde(default)]
+    pub epochs: Option<f64>,
+    /// Log scalars every N steps.
+    #[serde(default = "one")]
+    pub log_every: u64,
+    /// Held-out evaluation every N steps (0: only at the end).
+    #[serde(default)]
+    pub eval_every: u64,
+    /// Validation batches per evaluation.
+    #[serde(default = "default_eval_batches")]
+    pub eval_batches: usize,
+    /// Checkpoint every N steps (0: only at the end).
+    #[serde(default)]
+    pub checkpoint_every: u64,
+    /// Checkpoints kept (oldest deleted first); at least 1.
+    #[serde(default = "default_keep")]
+    pub keep_checkpoints: usize,
+}
+
+fn one() -> u64 {
+    1
+}
+fn default_eval_batches() -> usize {
+    8
+}
+fn default_keep() -> usize {
+    2
+}
+
+impl Recipe {
+    /// Parses recipe text; `origin` names the file in errors. `overrides` are `key=value` pairs
+    /// (`optimizer.lr=3e-4`, `router.mode="topk"`) applied before validation.
+    pub fn parse(text: &str, origin: &str, overrides: &[String]) -> Result<Self, TrainError> {
+        let bad = |message: String| TrainError::Recipe {
+            origin: origin.to_owned(),
+            message,
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        for item in overrides {
+            apply_override(&mut table, item).map_err(|m| bad(format!("--set {item}: {m}")))?;
+        }
+        if table
+            .get("data")
+            .and_then(|d| d.as_table())
+            .is_some_and(|d| d.contains_key("batch_size"))
+        {
+            return Err(bad(
+                "data.batch_size: set the rows per pass as batch.micro_batch_size".into(),
+            ));
+        }
+        let mut recipe: Recipe =
+            Recipe::deserialize(toml::Value::Table(table)).map_err(|e| bad(e.to_string()))?;
+        recipe.data.batch_size = recipe.batch.micro_batch_size;
+        recipe.validate().map_err(bad)?;
+        Ok(recipe)
+    }
+
+    /// Reads and parses a recipe file.
+    pub fn from_file(path: &Path, overrides: &[String]) -> Result<Self, TrainError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::Recipe {
+            origin: origin.clone(),
+            message: format!("cannot read the recipe: {e}"),
+        })?;
+        Self::parse(&text, &origin, overrides)
+    }
+
+    /// The resolved recipe as TOML (what `--dry-run` prints and checkpoints keep).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+
+    /// Output directory.
+    pub fn output_dir(&self) -> PathBuf {
+        self.output_dir
+            .clone()
+            .unwrap_or_else(|| Path::new("runs").join(&self.name))
+    }
+
+    /// TensorBoard directory.
+    pub fn log_dir(&self) -> PathBuf {
+        self.log_dir
+            .clone()
+            .unwrap_or_else(|| self.output_dir().join("tensorboard"))
+    }
+
+    /// Checks that need no files: each message names the field and what it expects.
+    fn validate(&self) -> Result<(), String> {
+        let o = &self.optimizer;
+        let s = &self.schedule;
+        let t = &self.train;
+        if self.name.trim().is_empty() || self.name.contains(['/', '\\']) {
+            return Err(format!(
+                "name: expected a non-empty name without slashes, got {:?}",
+                self.name
+            ));
+        }
+        if self.devices.is_empty() {
+            return Err("devices: expected at least one device index".into());
+        }
+        match (&self.model.checkpoint, &self.model.config) {
+            (Some(_), Some(_)) => {
+                return Err("model: give either `checkpoint` or `config`, not both".into());
+            }
+            (None, None) => {
+                return Err(
+                    "model: expected `checkpoint = \"DIR\"` or a `[model.config]` table".into(),
+                );
+            }
+            _ => {}
+        }
+        if !(o.lr.is_finite() && o.lr > 0.0) {
+            return Err(format!("optimizer.lr: expected a finite value > 0, got {}", o.lr));
+        }
+        for (i, b) in o.betas.iter().enumerate() {
+            if !(0.0..1.0).contains(b) {
+                return Err(format!("optimizer.betas[{i}]: expected a value in [0, 1), got {b}"));
+            }
+        }
+        if !(o.eps.is_finite() && o.eps > 0.0) {
+            return Err(format!("optimizer.eps: expected a value > 0, got {}", o.eps));
+        }
+        if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
+            return Err(format!(
+                "optimizer.weight_decay: expected a value >= 0, got {}",
+                o.weight_decay
+            ));
+        }
+        if !(o.max_grad_norm.is_finite() && o.max_grad_norm >= 0.0) {
+            return Err(format!(
+                "optimizer.max_grad_norm: expected a value >= 0 (0 disables clipping), got {}",
+                o.max_grad_norm
+            ));
+        }
+        if !(0.0..=1.0).contains(&s.min_lr_ratio) {
+            return Err(format!(
+                "schedule.min_lr_ratio: expected a value in [0, 1], got {}",
+                s.min_lr_ratio
+            ));
+        }
+        if self.batch.micro_batch_size == 0 {
+            return Err("batch.micro_batch_size: expected at least 1".into());
+        }
+        if self.batch.grad_accum_steps == 0 {
+            return Err("batch.grad_accum_steps: expected at least 1".into());
+        }
+        match (t.steps, t.epochs) {
+            (Some(_), Some(_)) => return Err("train: give either `steps` or `epochs`".into()),
+            (None, None) => return Err("train: expected `steps` or `epochs`".into()),
+            (Some(0), _) => return Err("train.steps: expected at least 1".into()),
+            (_, Some(e)) if !(e.is_finite() && e > 0.0) => {
+                return Err(format!("train.epochs: expected a value > 0, got {e}"));
+            }
+            _ => {}
+        }
+        if let Some(steps) = t.steps
+            && s.warmup_steps >= steps
+            && s.warmup_steps > 0
+        {
+            return Err(format!(
+                "schedule.warmup_steps: {} warm-up steps leave nothing of a {steps}-step run",
+                s.warmup_steps
+            ));
+        }
+        if t.log_every == 0 {
+            return Err("train.log_every: expected at least 1".into());
+        }
+        if t.keep_checkpoints == 0 {
+            return Err("train.keep_checkpoints: expected at least 1".into());
+        }
+        if self.precision != Precision::F32 {
+            return Err(format!(
+                "precision: {:?} is not available yet: the model computes in f32 on every backend",
+                self.precision
+            ));
+        }
+        self.data.validate().map_err(|e| format!("data: {e}"))?;
+        Ok(())
+    }
+}
+
+/// Sets `dotted.key = value` in `table`; the value is read as TOML (`3e-4`, `true`, `"topk"`,
+/// `[1, 2]`) and taken as a bare string when it is not valid TOML.
+fn apply_override(table: &mut toml::Table, item: &str) -> Result<(), String> {
+    let (key, raw) = item
+        .split_once('=')
+        .ok_or("expected key=value, e.g. optimizer.lr=3e-4")?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err("empty key".into());
+    }
+    let value = toml::from_str::<toml::Table>(&format!("v = {}", raw.trim()))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.trim().to_owned()));
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut node = table;
+    for (i, part) in parts.iter().enumerate() {
+        if i + 1 == parts.len() {
+            node.insert((*part).to_owned(), value);
+            return Ok(());
+        }
+        let entry = node
+            .entry((*part).to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        node = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{}` is not a table", parts[..=i].join(".")))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_parse_toml_values_and_fall_back_to_strings() {
+        let mut t = toml::Table::new();
+        apply_override(&mut t, "optimizer.lr=3e-4").unwrap();
+        apply_override(&mut t, "router.mode=seqtopk").unwrap();
+        apply_override(&mut t, "devices=[0, 1]").unwrap();
+        assert_eq!(t["optimizer"]["lr"].as_float(), Some(3e-4));
+        assert_eq!(t["router"]["mode"].as_str(), Some("seqtopk"));
+        assert_eq!(t["devices"].as_array().map(Vec::len), Some(2));
+        assert!(apply_override(&mut t, "no_equals").is_err());
+        assert!(apply_override(&mut t, "optimizer.lr.x=1").is_err());
+    }
+
+    #[test]
+    fn default_recipe_is_valid() {
+        let r = Recipe::parse(DEFAULT_RECIPE, DEFAULT_RECIPE_NAME, &[]).unwrap();
+        assert_eq!(r.data.batch_size, r.batch.micro_batch_size);
+    }
+}

@@ -1,0 +1,650 @@
+//! The training loop: micro-batches → loss → gradients → accumulation → clipping → AdamW,
+//! with held-out evaluation, exact-resume checkpoints, a non-finite-loss stop and Ctrl-C.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use burn::module::{Module, ParamId};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::store::{BurnpackStore, ModuleSnapshot};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use indicatif::{ProgressBar, ProgressStyle};
+use seqtopk_data::{Batch, Pipeline};
+use seqtopk_model::{MoeTransformer, MoeTransformerConfig};
+use seqtopk_router::{LbConvention, TokenLayout, load_balancing_loss, z_loss};
+
+use crate::gradients::{GradientTools, ParamPaths};
+use crate::metrics::{LayerRouting, Monitor, StepMetrics};
+use crate::recipe::Recipe;
+use crate::resume::{self, MODEL_FILE, OPTIMIZER_FILE, RECIPE_FILE, STATE_FILE, TrainerState};
+use crate::schedule::LrSchedule;
+use crate::TrainError;
+
+/// How a run is driven (not part of the recipe: it does not change the result).
+#[derive(Debug, Clone, Default)]
+pub struct TrainerOptions {
+    /// Continue from the newest checkpoint in the output directory.
+    pub resume: bool,
+    /// Draw a progress bar on stderr (when it is a terminal).
+    pub progress: bool,
+    /// Set (e.g. by Ctrl-C) to save a checkpoint and stop after the current step.
+    pub interrupt: Option<Arc<AtomicBool>>,
+}
+
+/// What a run costs: printed by `--dry-run` and at start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Budget {
+    /// Parameters of the model.
+    pub params_total: usize,
+    /// Parameters a token uses at the nominal budget K (all but the unselected experts).
+    pub params_active: usize,
+    /// Parameters the optimiser updates (not frozen).
+    pub params_trainable: usize,
+    /// Optimiser steps.
+    pub steps: u64,
+    /// Token slots per optimiser step (rows × sequence length).
+    pub tokens_per_step: usize,
+    /// Token slots over the run.
+    pub total_tokens: u64,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunOutcome {
+    /// All steps done; the final model is exported here.
+    Completed {
+        /// Steps completed.
+        steps: u64,
+        /// Final export directory.
+        final_dir: PathBuf,
+    },
+    /// Stopped on request after saving a checkpoint.
+    Interrupted {
+        /// Steps completed.
+        steps: u64,
+        /// The checkpoint to resume from.
+        checkpoint: PathBuf,
+    },
+}
+
+/// A training run in progress.
+pub struct Trainer {
+    recipe: Recipe,
+    device: Device,
+    model: MoeTransformer,
+    optim: ModuleOptimizer,
+    schedule: LrSchedule,
+    pipeline: Pipeline,
+    paths: ParamPaths,
+    frozen: Vec<ParamId>,
+    step: u64,
+    total_steps: u64,
+    hf_config: serde_json::Value,
+    tokenizer_dir: Option<PathBuf>,
+}
+
+impl Trainer {
+    /// Builds the model, the data pipeline and the optimiser a recipe describes.
+    pub fn new(recipe: Recipe) -> Result<Self, TrainError> {
+        if recipe.devices.len() > 1 {
+            return Err(TrainError::Recipe {
+                origin: "devices".into(),
+                message: format!(
+                    "{} devices requested, but this version trains on one device; set devices = [{}]",
+                    recipe.devices.len(),
+                    recipe.devices[0]
+                ),
+            });
+        }
+        let device = recipe.backend.device(recipe.devices[0])?.autodiff();
+        let pipeline = Pipeline::new(recipe.data.clone())?;
+        let (mut model, hf_config, tokenizer_dir) = build_model(&recipe, &device)?;
+        let vocab = model.config().vocab_size;
+        let tok_vocab = pipeline.tokenizer().vocab_size();
+        if tok_vocab > vocab {
+            return Err(TrainError::Model(format!(
+                "the tokenizer {} has {tok_vocab} tokens but the model's vocab_size is {vocab}",
+                recipe.data.tokenizer.display()
+            )));
+        }
+        if let Some(router) = &recipe.router {
+            if model.config().moe.is_none() {
+                return Err(TrainError::Recipe {
+                    origin: "router".into(),
+                    message: "the model has no MoE layers to route".into(),
+                });
+            }
+            model.set_routing(router).map_err(|e| TrainError::Recipe {
+                origin: "router".into(),
+                message: e.to_string(),
+            })?;
+        }
+        let paths = ParamPaths::of(&model);
+        let unmatched = paths.unmatched(&recipe.optimizer.freeze);
+        if !unmatched.is_empty() {
+            return Err(TrainError::Recipe {
+                origin: "optimizer.freeze".into(),
+                message: format!(
+                    "{unmatched:?} match no parameter (paths look like `{}`)",
+                    paths.entries().first().map_or("", |e| e.path.as_str())
+                ),
+            });
+        }
+        let frozen = paths.matching(&recipe.optimizer.freeze);
+        let total_steps = match (recipe.train.steps, recipe.train.epochs) {
+            (Some(s), _) => s,
+            (None, Some(epochs)) => {
+                let tokens = train_tokens(&pipeline)?;
+                let per_step = tokens_per_step(&recipe) as f64;
+                ((epochs * tokens as f64 / per_step).ceil() as u64).max(1)
+            }
+            (None, None) => unreachable!("validated"),
+        };
+        let o = &recipe.optimizer;
+        let optim = AdamWConfig::new()
+            .with_beta_1(o.betas[0] as f32)
+            .with_beta_2(o.betas[1] as f32)
+            .with_epsilon(o.eps as f32)
+            .with_weight_decay(o.weight_decay as f32)
+            .init();
+        let schedule = LrSchedule::new(&recipe.schedule, o.lr, total_steps);
+        Ok(Self {
+            recipe,
+            device,
+            model,
+            optim,
+            schedule,
+            pipeline,
+            paths,
+            frozen,
+            step: 0,
+            total_steps,
+            hf_config,
+            tokenizer_dir,
+        })
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &MoeTransformer {
+        &self.model
+    }
+
+    /// Steps completed.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// Steps planned.
+    pub fn total_steps(&self) -> u64 {
+        self.total_steps
+    }
+
+    /// What the run costs.
+    pub fn budget(&self) -> Budget {
+        let params_total = self.paths.num_params();
+        let frozen: usize = self
+            .paths
+            .entries()
+            .iter()
+            .filter(|e| self.frozen.contains(&e.id))
+            .map(|e| e.numel)
+            .sum();
+        let c = self.model.config();
+        let params_active = match &c.moe {
+            Some(moe) => {
+                let per_expert = 3 * c.hidden_size * moe.expert_intermediate_size;
+                let moe_layers = c.moe_layers().len();
+                let k = self
+                    .model
+                    .router()
+                    .map_or(moe.num_experts_per_tok, |r| r.config().top_k);
+                params_total
+                    - moe_layers * moe.num_experts.saturating_sub(k) * per_expert
+            }
+            None => params_total,
+        };
+        let tokens_per_step = tokens_per_step(&self.recipe);
+        Budget {
+            params_total,
+            params_active,
+            params_trainable: params_total - frozen,
+            steps: self.total_steps,
+            tokens_per_step,
+            total_tokens: tokens_per_step as u64 * self.total_steps,
+        }
+    }
+
+    /// Loads the newest checkpoint of the run's output directory: model, optimiser, data
+    /// position and step. Returns the step resumed from, or `None` when there is none.
+    pub fn resume_latest(&mut self) -> Result<Option<u64>, TrainError> {
+        let output = self.recipe.output_dir();
+        resume::clean_leftovers(&output);
+        let Some(found) = resume::latest_checkpoint(&output) else {
+            return Ok(None);
+        };
+        let dir = found.dir;
+        let state = resume::read_state(&dir)?;
+        if state.name != self.recipe.name {
+            return Err(TrainError::Checkpoint {
+                path: dir,
+                message: format!(
+                    "belongs to run `{}`, not `{}`",
+                    state.name, self.recipe.name
+                ),
+            });
+        }
+        let ckpt_err = |path: PathBuf, message: String| TrainError::Checkpoint { path, message };
+        let model_path = dir.join(MODEL_FILE);
+        let mut store = BurnpackStore::from_file(&model_path).validate(true);
+        let applied = self
+            .model
+            .load_from(&mut store)
+            .map_err(|e| ckpt_err(model_path.clone(), e.to_string()))?;
+        if !applied.missing.is_empty() || !applied.errors.is_empty() {
+            return Err(ckpt_err(
+                model_path,
+                format!(
+                    "does not match the recipe's model: missing {:?}, errors {:?}",
+                    applied.missing, applied.errors
+                ),
+            ));
+        }
+        let optim_path = dir.join(OPTIMIZER_FILE);
+        self.optim = self
+            .optim
+            .clone()
+            .load(&optim_path)
+            .map_err(|e| ckpt_err(optim_path, format!("{e:?}")))?;
+        self.pipeline
+            .restore(&state.pipeline)
+            .map_err(|e| ckpt_err(dir.clone(), e.to_string()))?;
+        // Parameter ids came from the checkpoint: recompute the path → id map.
+        self.paths = ParamPaths::of(&self.model);
+        self.frozen = self.paths.matching(&self.recipe.optimizer.freeze);
+        self.step = state.step;
+        tracing::info!(step = state.step, checkpoint = %dir.display(), "resumed");
+        Ok(Some(state.step))
+    }
+
+    /// Saves an exact-resume checkpoint of the current step.
+    pub fn save_checkpoint(&self) -> Result<PathBuf, TrainError> {
+        let state = TrainerState {
+            step: self.step,
+            total_steps: self.total_steps,
+            pipeline: self.pipeline.state(),
+            name: self.recipe.name.clone(),
+        };
+        let recipe_toml = self.recipe.to_toml();
+        resume::write_checkpoint(
+            &self.recipe.output_dir(),
+            self.step,
+            self.recipe.train.keep_checkpoints,
+            |dir| {
+                let mut store = BurnpackStore::from_file(dir.join(MODEL_FILE)).overwrite(true);
+                self.model
+                    .save_into(&mut store)
+                    .map_err(|e| format!("writing the model: {e}"))?;
+                self.optim
+                    .save(dir.join(OPTIMIZER_FILE))
+                    .map_err(|e| format!("writing the optimiser state: {e:?}"))?;
+                let json = serde_json::to_string_pretty(&state).map_err(|e| e.to_string())?;
+                std::fs::write(dir.join(STATE_FILE), json).map_err(|e| e.to_string())?;
+                std::fs::write(dir.join(RECIPE_FILE), &recipe_toml).map_err(|e| e.to_string())?;
+                Ok(())
+            },
+        )
+    }
+
+    /// One optimiser step over `micro_batches` (gradient accumulation). The loss is the mean
+    /// over all target tokens of the step (every micro-batch weighted by its tokens); load
+    /// balancing and z-loss are averaged over micro-batches.
+    pub fn train_step(&mut self, micro_batches: &[Batch]) -> Result<StepMetrics, TrainError> {
+        let started = Instant::now();
+        let total_targets: usize = micro_batches.iter().map(Batch::num_targets).sum();
+        if total_targets == 0 {
+            return Err(TrainError::Model(format!(
+                "step {}: the batch has no target tokens",
+                self.step + 1
+            )));
+        }
+        let lb = self.recipe.router.as_ref().map(|r| r.load_balance.clone());
+        let z_coef = self.recipe.router.as_ref().map_or(0.0, |r| r.z_loss_coef);
+        let n_micro = micro_batches.len() as f64;
+        let mut accumulator = GradientsAccumulator::<MoeTransformer>::new();
+        let (mut lm_sum, mut lb_sum, mut z_sum, mut tokens) = (0.0, 0.0, 0.0, 0);
+        let mut routing: Vec<LayerRouting> = Vec::new();
+        for batch in micro_batches {
+            let layout = layout_of(batch)?;
+            let out = self
+                .model
+                .forward(&batch.input_ids, &layout, &self.device)
+                .map_err(|e| TrainError::Model(e.to_string()))?;
+            let ce = masked_ce_sum(out.logits, &batch.targets, &self.device);
+            let mut loss = ce.div_scalar(total_targets as f64);
+            lm_sum += scalar(&loss);
+            if let Some(lb) = &lb
+                && lb.convention != LbConvention::None
+                && lb.coef > 0.0
+                && !out.router_outputs.is_empty()
+            {
+                let l = load_balancing_loss(&out.router_outputs, &layout, lb.convention)
+                    .mul_scalar(lb.coef / n_micro);
+                lb_sum += scalar(&l);
+                loss = loss + l;
+            }
+            if z_coef > 0.0 && !out.router_outputs.is_empty() {
+                let l = z_loss(&out.router_outputs, &layout).mul_scalar(z_coef / n_micro);
+                z_sum += scalar(&l);
+                loss = loss + l;
+            }
+            for (i, (r, &layer)) in out.router_outputs.iter().zip(&out.moe_layers).enumerate() {
+                if routing.len() <= i {
+                    routing.push(LayerRouting::new(layer, &r.plan.stats));
+                }
+                routing[i].add(&r.plan.stats);
+            }
+            tokens += batch.num_valid();
+            let grads = loss.backward();
+            accumulator.accumulate(&self.model, GradientsParams::from_grads(grads, &self.model));
+        }
+        let total = lm_sum + lb_sum + z_sum;
+        let step = self.step + 1;
+        if !total.is_finite() {
+            return Err(self.non_finite(step, total));
+        }
+        let mut grads = accumulator.grads();
+        let tools = GradientTools::new(&self.paths);
+        tools.drop_frozen(&mut grads, &self.frozen);
+        let grad_norm = tools.global_norm(&grads);
+        if !grad_norm.is_finite() {
+            return Err(self.non_finite(step, grad_norm));
+        }
+        let max_norm = self.recipe.optimizer.max_grad_norm;
+        if max_norm > 0.0 && grad_norm > max_norm {
+            tools.scale(&mut grads, max_norm / (grad_norm + 1e-6));
+        }
+        let lr = self.schedule.lr(self.step);
+        self.model = self.optim.step(lr, self.model.clone(), grads);
+        self.step = step;
+        Ok(StepMetrics {
+            step,
+            loss: total,
+            lm_loss: lm_sum,
+            lb_loss: lb_sum,
+            z_loss: z_sum,
+            lr,
+            grad_norm,
+            target_tokens: total_targets,
+            tokens,
+            seconds: started.elapsed().as_secs_f64(),
+            routing,
+        })
+    }
+
+    /// Draws the next step's micro-batches from the data pipeline and trains on them.
+    pub fn step_once(&mut self) -> Result<StepMetrics, TrainError> {
+        let mut batches = Vec::with_capacity(self.recipe.batch.grad_accum_steps);
+        for _ in 0..self.recipe.batch.grad_accum_steps {
+            batches.push(self.pipeline.next_batch()?);
+        }
+        self.train_step(&batches)
+    }
+
+    fn non_finite(&self, step: u64, value: f64) -> TrainError {
+        let last_good = match resume::latest_checkpoint(&self.recipe.output_dir()) {
+            Some(c) => format!("The last good checkpoint is {}", c.dir.display()),
+            None => "No checkpoint was written before it.".into(),
+        };
+        TrainError::NonFiniteLoss {
+            step,
+            value,
+            last_good,
+        }
+    }
+
+    /// Held-out next-token loss per domain over the first `eval_batches` validation batches:
+    /// `(domain, mean loss, target tokens)`.
+    pub fn evaluate(&self) -> Result<Vec<(String, f64, usize)>, TrainError> {
+        let model = self.model.valid();
+        let device = self.device.clone().inner();
+        let mut sums: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+        for batch in self
+            .pipeline
+            .validation_batches()
+            .take(self.recipe.train.eval_batches)
+        {
+            let batch = batch?;
+            let layout = layout_of(&batch)?;
+            let out = model
+                .forward(&batch.input_ids, &layout, &device)
+                .map_err(|e| TrainError::Model(e.to_string()))?;
+            let per_pos = masked_ce(out.logits, &batch.targets, &device);
+            let values = per_pos
+                .into_data()
+                .try_into_vec_as::<f32>()
+                .map_err(|e| TrainError::Model(format!("reading eval loss back: {e:?}")))?;
+            for row in 0..batch.batch_size {
+                let entry = sums.entry(batch.domains[row].clone()).or_default();
+                for i in 0..batch.seq_len {
+                    let p = row * batch.seq_len + i;
+                    if batch.targets[p] >= 0 {
+                        entry.0 += f64::from(values[p]);
+                        entry.1 += 1;
+                    }
+                }
+            }
+        }
+        Ok(sums
+            .into_iter()
+            .filter(|(_, (_, n))| *n > 0)
+            .map(|(d, (s, n))| (d, s / n as f64, n))
+            .collect())
+    }
+
+    /// Exports the current model as a native checkpoint (what `eval`, `generate` and
+    /// `convert export` read).
+    pub fn export(&self, out: &Path) -> Result<PathBuf, TrainError> {
+        let options = seqtopk_checkpoint::SaveOptions {
+            source: format!("seqtopk train, recipe `{}`, step {}", self.recipe.name, self.step),
+            force: true,
+            ..Default::default()
+        };
+        seqtopk_checkpoint::save_native(
+            &self.model,
+            &self.hf_config,
+            self.tokenizer_dir.as_deref(),
+            out,
+            &options,
+        )
+        .map_err(|e| TrainError::Checkpoint {
+            path: out.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Ok(out.to_path_buf())
+    }
+
+    /// Runs the remaining steps: logging, evaluation and checkpoints on their cadences, a
+    /// checkpoint and an export at the end.
+    pub fn run(mut self, options: &TrainerOptions) -> Result<RunOutcome, TrainError> {
+        let output = self.recipe.output_dir();
+        std::fs::create_dir_all(&output).map_err(|e| TrainError::Output {
+            path: output.clone(),
+            message: e.to_string(),
+        })?;
+        if options.resume {
+            match self.resume_latest()? {
+                Some(step) => tracing::info!("continuing from step {step}"),
+                None => tracing::warn!(
+                    "--resume: no checkpoint in {}; starting from step 0",
+                    output.display()
+                ),
+            }
+        } else if let Some(found) = resume::latest_checkpoint(&output) {
+            return Err(TrainError::Output {
+                path: output,
+                message: format!(
+                    "already holds checkpoint {}; pass --resume to continue it or choose another output_dir",
+                    found.dir.display()
+                ),
+            });
+        }
+        let mut monitor = Monitor::open(&self.recipe.log_dir())?;
+        let bar = progress_bar(options.progress, self.total_steps, self.step);
+        let t = self.recipe.train.clone();
+        while self.step < self.total_steps {
+            let m = self.step_once()?;
+            let tokens_per_s = m.tokens as f64 / m.seconds.max(1e-9);
+            bar.set_position(m.step);
+            bar.set_message(format!("loss {:.4} | {:.0} tok/s", m.loss, tokens_per_s));
+            if m.step % t.log_every == 0 || m.step == 1 {
+                monitor.step(&m);
+                bar.suspend(|| {
+                    tracing::info!(
+                        step = m.step,
+                        loss = format!("{:.4}", m.loss),
+                        lm = format!("{:.4}", m.lm_loss),
+                        lb = format!("{:.4}", m.lb_loss),
+                        lr = format!("{:.2e}", m.lr),
+                        grad_norm = format!("{:.3}", m.grad_norm),
+                        tokens_per_s = format!("{tokens_per_s:.0}"),
+                        "train"
+                    )
+                });
+            }
+            let last = self.step == self.total_steps;
+            if (t.eval_every > 0 && self.step % t.eval_every == 0) || last {
+                let eval = self.evaluate()?;
+                monitor.eval(self.step, &eval);
+                for (domain, loss, n) in &eval {
+                    bar.suspend(|| {
+                        tracing::info!(step = self.step, domain, loss = format!("{loss:.4}"), tokens = n, "eval")
+                    });
+                }
+            }
+            let interrupted = options
+                .interrupt
+                .as_ref()
+                .is_some_and(|f| f.load(Ordering::SeqCst));
+            if (t.checkpoint_every > 0 && self.step % t.checkpoint_every == 0)
+                || last
+                || interrupted
+            {
+                let dir = self.save_checkpoint()?;
+                monitor.flush();
+                bar.suspend(|| tracing::info!(step = self.step, checkpoint = %dir.display(), "checkpoint saved"));
+                if interrupted && !last {
+                    bar.abandon();
+                    return Ok(RunOutcome::Interrupted {
+                        steps: self.step,
+                        checkpoint: dir,
+                    });
+                }
+            }
+        }
+        bar.finish();
+        monitor.flush();
+        let final_dir = self.export(&output.join("final"))?;
+        Ok(RunOutcome::Completed {
+            steps: self.step,
+            final_dir,
+        })
+    }
+}
+
+fn progress_bar(enabled: bool, total: u64, position: u64) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total).with_position(position);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} step {pos}/{len} [{bar:30}] {msg} | {elapsed} elapsed, ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+fn tokens_per_step(recipe: &Recipe) -> usize {
+    recipe.batch.micro_batch_size * recipe.batch.grad_accum_steps * recipe.data.seq_len
+}
+
+/// Tokens of every training document (to turn `epochs` into steps).
+fn train_tokens(pipeline: &Pipeline) -> Result<u64, TrainError> {
+    let mut total = 0u64;
+    for source in pipeline.sources() {
+        for &doc in &source.train {
+            let d = pipeline
+                .tokenizer()
+                .tokenize(&source.documents[doc as usize], source.file_of(doc))?;
+            total += d.len() as u64;
+        }
+    }
+    Ok(total)
+}
+
+fn build_model(
+    recipe: &Recipe,
+    device: &Device,
+) -> Result<(MoeTransformer, serde_json::Value, Option<PathBuf>), TrainError> {
+    let tokenizer_dir = recipe.data.tokenizer.parent().map(Path::to_path_buf);
+    if let Some(dir) = &recipe.model.checkpoint {
+        let loaded = seqtopk_checkpoint::load(dir, device)
+            .map_err(|e| TrainError::Model(e.to_string()))?;
+        let tokenizer_dir = loaded
+            .tokenizer
+            .as_deref()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .or(tokenizer_dir);
+        return Ok((loaded.model, loaded.hf_config, tokenizer_dir));
+    }
+    let table = recipe.model.config.clone().unwrap_or_default();
+    let json = serde_json::to_value(&table).map_err(|e| TrainError::Recipe {
+        origin: "model.config".into(),
+        message: e.to_string(),
+    })?;
+    let config = MoeTransformerConfig::from_json_str(&json.to_string(), "[model.config]")
+        .map_err(|e| TrainError::Recipe {
+            origin: "model.config".into(),
+            message: e.to_string(),
+        })?;
+    let model = MoeTransformer::init(&config, recipe.seed, device)
+        .map_err(|e| TrainError::Model(e.to_string()))?;
+    Ok((model, json, tokenizer_dir))
+}
+
+fn layout_of(batch: &Batch) -> Result<TokenLayout, TrainError> {
+    TokenLayout::new(
+        batch.batch_size,
+        batch.seq_len,
+        batch.valid.clone(),
+        batch.doc_ids.clone(),
+    )
+    .map_err(|e| TrainError::Model(format!("batch layout: {e}")))
+}
+
+/// Per-position cross-entropy `[B·T]` (0 where the target is -1).
+fn masked_ce(logits: Tensor<3>, targets: &[i32], device: &Device) -> Tensor<1> {
+    let [b, t, v] = logits.dims();
+    let n = b * t;
+    let logp = log_softmax(logits.reshape([n, v]), 1);
+    let ids: Vec<i64> = targets.iter().map(|&x| i64::from(x.max(0))).collect();
+    let mask: Vec<f32> = targets.iter().map(|&x| f32::from(u8::from(x >= 0))).collect();
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [n, 1]), device);
+    let mask = Tensor::<1>::from_data(TensorData::new(mask, [n]), device);
+    logp.gather(1, ids).reshape([n]).neg() * mask
+}
+
+fn masked_ce_sum(logits: Tensor<3>, targets: &[i32], device: &Device) -> Tensor<1> {
+    masked_ce(logits, targets, device).sum()
+}
+
+fn scalar(t: &Tensor<1>) -> f64 {
+    f64::from(t.clone().into_scalar::<f32>())
+}

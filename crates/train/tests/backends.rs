@@ -1,0 +1,55 @@
+//! The same training steps on every compiled backend give the same losses (CI runs wgpu on
+//! Mesa's software Vulkan driver).
+
+use seqtopk_backend::test_devices;
+use seqtopk_train::{DEFAULT_RECIPE, Recipe, Trainer};
+
+/// Relative tolerance between backends: f32 reductions run in different orders (and wgpu's
+/// matmul tiles differently), which moves the loss in the 5th-6th significant digit.
+const TOLERANCE: f64 = 1e-4;
+
+fn losses(backend: &str) -> Vec<(f64, f64)> {
+    let overrides: Vec<String> = [
+        format!("backend=\"{backend}\""),
+        "data.seq_len=32".into(),
+        "batch.micro_batch_size=2".into(),
+        "train.steps=3".into(),
+        "schedule.warmup_steps=0".into(),
+    ]
+    .into();
+    // Run from the repository root so the recipe's data paths resolve.
+    std::env::set_current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).unwrap();
+    let recipe = Recipe::parse(DEFAULT_RECIPE, "default", &overrides).unwrap();
+    let mut trainer = Trainer::new(recipe).unwrap();
+    (0..3)
+        .map(|_| {
+            let m = trainer.step_once().unwrap();
+            (m.lm_loss, m.grad_norm)
+        })
+        .collect()
+}
+
+#[test]
+fn training_steps_agree_across_backends() {
+    let reference = losses("cpu");
+    for (backend, _) in test_devices() {
+        let name = backend.to_string();
+        if name == "cpu" {
+            continue;
+        }
+        let got = losses(&name);
+        for (step, (a, b)) in reference.iter().zip(&got).enumerate() {
+            let rel = |x: f64, y: f64| (x - y).abs() / x.abs().max(1e-12);
+            assert!(
+                rel(a.0, b.0) < TOLERANCE && rel(a.1, b.1) < 100.0 * TOLERANCE,
+                "step {}: cpu (loss {}, grad norm {}) vs {name} (loss {}, grad norm {})",
+                step + 1,
+                a.0,
+                a.1,
+                b.0,
+                b.1
+            );
+        }
+        eprintln!("{name}: {got:?} vs cpu {reference:?}");
+    }
+}
