@@ -88,7 +88,9 @@ impl Event {
             match field? {
                 (1, w) => event.wall_time = w.as_double("Event.wall_time")?,
                 (2, w) => event.step = w.as_int64("Event.step")?,
-                (3, w) => event.what = What::FileVersion(w.as_str("Event.file_version")?.to_owned()),
+                (3, w) => {
+                    event.what = What::FileVersion(w.as_str("Event.file_version")?.to_owned())
+                }
                 (5, w) => event.what = What::Summary(decode_summary(w.as_bytes("Event.summary")?)?),
                 _ => {}
             }
@@ -228,6 +230,10 @@ mod tests {
         // wall_time with the wrong wire type names the field.
         let mut enc = Encoder::new();
         enc.int64(1, 3);
-        assert!(Event::decode(&enc.into_bytes()).unwrap_err().contains("Event.wall_time"));
+        assert!(
+            Event::decode(&enc.into_bytes())
+                .unwrap_err()
+                .contains("Event.wall_time")
+        );
     }
 }

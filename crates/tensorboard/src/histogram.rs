@@ -127,7 +127,10 @@ impl Histogram {
             ));
         }
         if let Some(i) = counts.iter().position(|c| !c.is_finite() || *c < 0.0) {
-            return bad(format!("count {i} must be finite and >= 0, got {}", counts[i]));
+            return bad(format!(
+                "count {i} must be finite and >= 0, got {}",
+                counts[i]
+            ));
         }
         let nonempty = |i: &usize| counts[*i] > 0.0;
         let (first, last) = match (

@@ -127,7 +127,9 @@ impl<'a> Wire<'a> {
     pub fn as_bytes(self, what: &str) -> Result<&'a [u8], String> {
         match self {
             Wire::Len(b) => Ok(b),
-            other => Err(format!("{what}: expected length-delimited bytes, found {other:?}")),
+            other => Err(format!(
+                "{what}: expected length-delimited bytes, found {other:?}"
+            )),
         }
     }
 
@@ -176,7 +178,10 @@ impl<'a> Fields<'a> {
                 return Ok(v);
             }
         }
-        Err(format!("varint longer than 10 bytes ending at byte {}", self.pos))
+        Err(format!(
+            "varint longer than 10 bytes ending at byte {}",
+            self.pos
+        ))
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
@@ -198,16 +203,21 @@ impl<'a> Fields<'a> {
 
     fn next_field(&mut self) -> Result<(u32, Wire<'a>), String> {
         let key = self.varint()?;
-        let field = u32::try_from(key >> 3).map_err(|_| format!("field number {} too large", key >> 3))?;
+        let field =
+            u32::try_from(key >> 3).map_err(|_| format!("field number {} too large", key >> 3))?;
         let value = match (key & 7) as u8 {
             VARINT => Wire::Varint(self.varint()?),
-            FIXED64 => Wire::Fixed64(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes"))),
+            FIXED64 => Wire::Fixed64(u64::from_le_bytes(
+                self.take(8)?.try_into().expect("8 bytes"),
+            )),
             LEN => {
                 let len = self.varint()?;
                 let len = usize::try_from(len).map_err(|_| format!("length {len} too large"))?;
                 Wire::Len(self.take(len)?)
             }
-            FIXED32 => Wire::Fixed32(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes"))),
+            FIXED32 => Wire::Fixed32(u32::from_le_bytes(
+                self.take(4)?.try_into().expect("4 bytes"),
+            )),
             other => return Err(format!("field {field}: unsupported wire type {other}")),
         };
         Ok((field, value))
@@ -247,7 +257,12 @@ mod tests {
         // A negative int64 is a ten-byte varint.
         let mut e = Encoder::new();
         e.int64(2, -1);
-        assert_eq!(e.into_bytes(), [0x10, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
+        assert_eq!(
+            e.into_bytes(),
+            [
+                0x10, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01
+            ]
+        );
         // double field 1 = 1.0: key 0x09 then the IEEE bits little-endian.
         let mut e = Encoder::new();
         e.double(1, 1.0);

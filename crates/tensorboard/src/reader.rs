@@ -31,11 +31,12 @@ pub fn read_events(path: &Path) -> Result<ReadOutcome, TensorboardError> {
     let mut events = Vec::new();
     let mut offset = 0usize;
     loop {
-        let frame = read_record(&bytes, offset).map_err(|reason| TensorboardError::CorruptRecord {
-            path: path.to_path_buf(),
-            offset: offset as u64,
-            reason,
-        })?;
+        let frame =
+            read_record(&bytes, offset).map_err(|reason| TensorboardError::CorruptRecord {
+                path: path.to_path_buf(),
+                offset: offset as u64,
+                reason,
+            })?;
         match frame {
             Frame::End => {
                 return Ok(ReadOutcome {
@@ -86,7 +87,9 @@ pub fn scalars(events: &[Event]) -> BTreeMap<String, Vec<(i64, f64)>> {
     let mut out: BTreeMap<String, Vec<(i64, f64)>> = BTreeMap::new();
     for (step, tag, value) in summary_values(events) {
         if let Value::Scalar(x) = value {
-            out.entry(tag.to_owned()).or_default().push((step, f64::from(*x)));
+            out.entry(tag.to_owned())
+                .or_default()
+                .push((step, f64::from(*x)));
         }
     }
     out
@@ -97,7 +100,9 @@ pub fn histograms(events: &[Event]) -> BTreeMap<String, Vec<(i64, Histogram)>> {
     let mut out: BTreeMap<String, Vec<(i64, Histogram)>> = BTreeMap::new();
     for (step, tag, value) in summary_values(events) {
         if let Value::Histogram(h) = value {
-            out.entry(tag.to_owned()).or_default().push((step, h.clone()));
+            out.entry(tag.to_owned())
+                .or_default()
+                .push((step, h.clone()));
         }
     }
     out

@@ -112,7 +112,11 @@ mod tests {
     fn every_cut_is_a_truncated_tail() {
         let buf = framed(&[b"payload bytes"]);
         for cut in 1..buf.len() {
-            assert_eq!(read_record(&buf[..cut], 0).unwrap(), Frame::TruncatedTail, "cut {cut}");
+            assert_eq!(
+                read_record(&buf[..cut], 0).unwrap(),
+                Frame::TruncatedTail,
+                "cut {cut}"
+            );
         }
     }
 
