@@ -83,8 +83,8 @@ fn weights(checkpoint: &Path) -> Vec<(String, Vec<u8>)> {
         .collect(None, None, false)
         .into_iter()
         .map(|t| {
-            let data = t.to_data().unwrap();
-            (t.name.clone(), data.as_bytes().to_vec())
+            let bytes = t.to_bytes().unwrap();
+            (t.name.clone(), bytes.to_vec())
         })
         .collect();
     all.sort();

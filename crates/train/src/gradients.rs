@@ -2,7 +2,7 @@
 //! path (for freezing), the global gradient norm, and clipping by it (PyTorch's
 //! `clip_grad_norm_`, not Burn's per-tensor clipping).
 
-use burn::module::{Module, ModuleVisitor, ParamId};
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 
@@ -10,6 +10,7 @@ use burn::tensor::Tensor;
 #[derive(Debug, Clone, Default)]
 pub struct ParamPaths {
     entries: Vec<ParamEntry>,
+    stack: Vec<String>,
 }
 
 /// One float parameter.
@@ -71,16 +72,19 @@ fn segment_prefix(path: &str, prefix: &str) -> bool {
 }
 
 impl ModuleVisitor for ParamPaths {
-    fn visit_float_with_path<const D: usize>(
-        &mut self,
-        path: &[String],
-        id: ParamId,
-        tensor: &Tensor<D>,
-    ) {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.stack.push(name.to_owned());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.stack.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         self.entries.push(ParamEntry {
-            path: path.join("."),
-            id,
-            numel: tensor.shape().num_elements(),
+            path: self.stack.join("."),
+            id: param.id,
+            numel: param.val().shape().num_elements(),
             rank: D,
         });
     }
@@ -158,5 +162,28 @@ impl<'a> GradientTools<'a> {
                 }
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Device;
+    use seqtopk_model::{MoeTransformer, MoeTransformerConfig};
+
+    #[test]
+    fn paths_name_modules_and_prefixes_match_whole_segments() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../checkpoints/fixtures/olmoe-tiny");
+        let config = MoeTransformerConfig::from_file(format!("{dir}/config.json")).unwrap();
+        let model = MoeTransformer::init(&config, 0, &Device::flex()).unwrap();
+        let paths = ParamPaths::of(&model);
+        let names: Vec<&str> = paths.entries().iter().map(|e| e.path.as_str()).collect();
+        eprintln!("{names:?}");
+        assert!(names.contains(&"embed_tokens.weight"), "{names:?}");
+        assert_eq!(paths.num_params(), model.num_params());
+        let attn = paths.matching(&["layers.0.self_attn".into()]);
+        assert!(!attn.is_empty());
+        assert!(paths.matching(&["layers.0.self_at".into()]).is_empty());
+        assert_eq!(paths.unmatched(&["layers.9".into(), "norm".into()]), vec!["layers.9"]);
     }
 }

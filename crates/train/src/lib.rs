@@ -22,4 +22,5 @@ pub use recipe::{
 };
 pub use resume::{CheckpointInfo, latest_checkpoint};
 pub use schedule::LrSchedule;
-pub use trainer::{Budget, RunOutcome, StepMetrics, Trainer, TrainerOptions};
+pub use metrics::{LayerRouting, StepMetrics};
+pub use trainer::{Budget, RunOutcome, Trainer, TrainerOptions};

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use seqtopk_router::RoutingStats;
-use seqtopk_tensorboard::EventWriter;
+use seqtopk_tensorboard::{EventWriter, Histogram};
 
 use crate::TrainError;
 
@@ -170,12 +170,16 @@ impl Monitor {
             ok(failed, w.add_scalar(&format!("{p}/fraction_at_cap"), s, cap));
             ok(failed, w.add_scalar(&format!("{p}/load_imbalance_max_over_mean"), s, imbalance));
             ok(failed, w.add_scalar(&format!("{p}/dead_experts"), s, dead as f64));
-            // Integer-valued data: one bucket per value, edges at k + 0.5.
+            // Integer x-axes, one bucket per value: experts given to a token (height = tokens), and
+            // expert index (height = tokens routed to that expert).
             let counts = histogram(r.experts_per_token.iter().map(|&c| c as usize), r.cap);
-            let limits: Vec<f64> = (0..=r.cap).map(|k| k as f64 + 0.5).collect();
-            ok(failed, w.add_histogram_buckets(&format!("{p}/experts_per_token"), s, &limits, &counts));
             let load: Vec<f64> = r.tokens_per_expert.iter().map(|&c| c as f64).collect();
-            ok(failed, w.add_histogram(&format!("{p}/tokens_per_expert"), s, &load));
+            for (name, data) in [("experts_per_token", counts), ("tokens_per_expert", load)] {
+                match Histogram::from_integer_counts(&data) {
+                    Ok(h) => ok(failed, w.add_histogram_data(&format!("{p}/{name}"), s, h)),
+                    Err(e) => ok(failed, Err(e)),
+                }
+            }
         }
     }
 
