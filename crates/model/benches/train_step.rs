@@ -192,8 +192,8 @@ fn main() {
         model.num_params()
     );
     println!(
-        "{:>26} {:>12} {:>12} {:>14} {:>10}",
-        "", "median ms", "tokens/s", "experts/token", "vs topk"
+        "{:>26} {:>12} {:>12} {:>14} {:>14}",
+        "", "median ms", "tokens/s", "experts/token", "speed vs topk"
     );
     let mut results = Vec::new();
     for mode in [RoutingMode::Topk, RoutingMode::Seqtopk] {
@@ -203,7 +203,7 @@ fn main() {
         let (ms, per_token) = time_burn(&model, &ids, &layout, &device, warmup, steps);
         let base = results.first().map_or(ms, |&(_, m)| m);
         println!(
-            "{:>26} {:>12.1} {:>12.0} {:>14.2} {:>9.2}x",
+            "{:>26} {:>12.1} {:>12.0} {:>14.2} {:>13.2}x",
             format!("seqtopk-model {}", mode.name()),
             ms,
             tokens_per_step / (ms / 1e3),
