@@ -1,13 +1,247 @@
-//! Placeholder until this command lands.
+//! `eval loss`: mean next-token cross-entropy of token-id rows under a chosen routing, the way to
+//! check parity with another implementation on any checkpoint (optionally dumping the logits).
 
-use anyhow::{Result, bail};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
 use clap::Args;
+use safetensors::tensor::{Dtype, TensorView};
+use seqtopk_model::{MoeTransformer, causal_lm_loss};
+use seqtopk_router::TokenLayout;
+use serde_json::{Value, json};
 
-/// Arguments.
+use crate::common::{DeviceArgs, RouterArgs};
+
+/// Arguments of `seqtopk eval loss`.
 #[derive(Debug, Args)]
-pub struct LossArgs {}
+pub struct LossArgs {
+    /// Checkpoint directory (Hugging Face or native).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// JSON file holding a list of rows of token ids, e.g. `[[1, 5, 9], [1, 7]]`; rows may differ
+    /// in length (they are right padded internally and padding is never scored).
+    #[arg(long)]
+    pub input_ids: PathBuf,
+    /// Rows per forward pass (all rows by default; `batch_topk` competes within a pass).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Write the `[B, T, V]` f32 logits, the `[B, T]` attention mask (1 = real token, i64) and
+    /// the padded input ids to this safetensors file (never overwrites an existing file).
+    #[arg(long)]
+    pub dump_logits: Option<PathBuf>,
+    #[command(flatten)]
+    pub router: RouterArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
 
-/// Runs the command.
-pub fn run(_args: LossArgs) -> Result<()> {
-    bail!("not implemented yet")
+/// Reads a JSON list of rows of token ids, checking each id against `vocab_size`; errors name
+/// the file, the row and the position.
+pub fn read_id_rows(path: &Path, vocab_size: usize) -> Result<Vec<Vec<u32>>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let value: Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not valid JSON", path.display()))?;
+    let Value::Array(rows) = value else {
+        bail!(
+            "{}: expected a JSON list of rows of token ids, e.g. [[1, 5, 9], [1, 7]]",
+            path.display()
+        );
+    };
+    if rows.is_empty() {
+        bail!("{}: the list of rows is empty", path.display());
+    }
+    rows.iter()
+        .enumerate()
+        .map(|(r, row)| {
+            let Value::Array(ids) = row else {
+                bail!(
+                    "{}: row {r}: expected a list of token ids, got {row}",
+                    path.display()
+                );
+            };
+            if ids.is_empty() {
+                bail!("{}: row {r} is empty", path.display());
+            }
+            ids.iter()
+                .enumerate()
+                .map(|(i, id)| {
+                    let id = id.as_u64().with_context(|| {
+                        format!(
+                            "{}: row {r}, position {i}: expected a non-negative integer token id, got {id}",
+                            path.display()
+                        )
+                    })?;
+                    if id >= vocab_size as u64 {
+                        bail!(
+                            "{}: row {r}, position {i}: token id {id} is outside the model's vocabulary of {vocab_size}",
+                            path.display()
+                        );
+                    }
+                    Ok(id as u32)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Applies `--router …` overrides to `model` and describes the routing in effect (`null` for a
+/// dense model).
+pub fn apply_router(model: &mut MoeTransformer, args: &RouterArgs) -> Result<Value> {
+    let checkpoint_k = model.config().moe.as_ref().map(|m| m.num_experts_per_tok);
+    if let Some(config) = args.resolve(checkpoint_k)? {
+        if checkpoint_k.is_none() {
+            tracing::warn!("the checkpoint has no MoE layers; router options have no effect");
+        }
+        model
+            .set_routing(&config)
+            .context("applying the router options")?;
+    }
+    Ok(match model.router() {
+        None => Value::Null,
+        Some(r) => {
+            let c = r.config();
+            json!({
+                "mode": c.mode.name(),
+                "top_k": c.top_k,
+                "cap": c.cap,
+                "floor": c.floor,
+                "renormalize": c.renormalize,
+                "num_experts": c.num_experts,
+            })
+        }
+    })
+}
+
+/// Runs `eval loss`: prints one JSON object with the loss, the number of scored tokens and the
+/// routing used.
+pub fn run(args: LossArgs) -> Result<()> {
+    let device = args.device.device()?;
+    if let Some(out) = &args.dump_logits
+        && out.exists()
+    {
+        bail!(
+            "{}: already exists; remove it or choose another --dump-logits path",
+            out.display()
+        );
+    }
+    let loaded = seqtopk_checkpoint::load(&args.checkpoint, &device)?;
+    let mut model = loaded.model;
+    let router = apply_router(&mut model, &args.router)?;
+    let vocab = model.config().vocab_size;
+    let rows = read_id_rows(&args.input_ids, vocab)?;
+    let batch_size = args.batch_size.unwrap_or(rows.len());
+    if batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let t_max = rows.iter().map(Vec::len).max().unwrap_or(0);
+    if t_max > model.config().max_position_embeddings {
+        tracing::warn!(
+            "rows of up to {t_max} tokens exceed max_position_embeddings = {}",
+            model.config().max_position_embeddings
+        );
+    }
+    let mut dump = args
+        .dump_logits
+        .as_ref()
+        .map(|_| Vec::<f32>::with_capacity(rows.len() * t_max * vocab));
+    let mut total = 0f64;
+    let mut count = 0usize;
+    for chunk in rows.chunks(batch_size) {
+        let b = chunk.len();
+        // Chunks share the global width so the dump is one [B, T, V] array.
+        let t = if dump.is_some() {
+            t_max
+        } else {
+            chunk.iter().map(Vec::len).max().unwrap_or(0)
+        };
+        let lengths: Vec<usize> = chunk.iter().map(Vec::len).collect();
+        let layout = TokenLayout::from_lengths(t, &lengths)?;
+        let mut ids = Vec::with_capacity(b * t);
+        for row in chunk {
+            ids.extend(row.iter().copied());
+            ids.extend(std::iter::repeat_n(0, t - row.len()));
+        }
+        let out = model.forward(&ids, &layout, &device)?;
+        if let Some(dump) = &mut dump {
+            let host = out
+                .logits
+                .clone()
+                .into_data()
+                .try_into_vec_as::<f32>()
+                .map_err(|e| anyhow::anyhow!("reading logits back failed: {e:?}"))?;
+            dump.extend(host);
+        }
+        if lengths.iter().all(|&l| l < 2) {
+            continue;
+        }
+        let (loss, n) = causal_lm_loss(out.logits, &ids, &layout)?;
+        let loss = loss
+            .into_data()
+            .try_into_vec_as::<f64>()
+            .map_err(|e| anyhow::anyhow!("reading the loss back failed: {e:?}"))?[0];
+        total += loss * n as f64;
+        count += n;
+    }
+    if count == 0 {
+        bail!(
+            "{}: no next-token pairs to score (every row has a single token)",
+            args.input_ids.display()
+        );
+    }
+    if let (Some(path), Some(logits)) = (&args.dump_logits, dump) {
+        write_dump(path, &rows, t_max, vocab, &logits)?;
+    }
+    let loss = total / count as f64;
+    let report = json!({
+        "checkpoint": loaded.dir.display().to_string(),
+        "rows": rows.len(),
+        "tokens": count,
+        "loss": loss,
+        "perplexity": loss.exp(),
+        "router": router,
+        "logits": args.dump_logits.as_ref().map(|p| p.display().to_string()),
+    });
+    println!("{report}");
+    Ok(())
+}
+
+fn view(dtype: Dtype, shape: Vec<usize>, data: &[u8]) -> Result<TensorView<'_>> {
+    TensorView::new(dtype, shape, data).context("building the logits dump")
+}
+
+fn write_dump(path: &Path, rows: &[Vec<u32>], t: usize, v: usize, logits: &[f32]) -> Result<()> {
+    let b = rows.len();
+    let mut mask = Vec::with_capacity(b * t * 8);
+    let mut ids = Vec::with_capacity(b * t * 8);
+    for row in rows {
+        for i in 0..t {
+            mask.extend_from_slice(&i64::from(i < row.len()).to_le_bytes());
+            ids.extend_from_slice(&i64::from(row.get(i).copied().unwrap_or(0)).to_le_bytes());
+        }
+    }
+    let logit_bytes: Vec<u8> = logits.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let tensors = vec![
+        ("attention_mask", view(Dtype::I64, vec![b, t], &mask)?),
+        ("input_ids", view(Dtype::I64, vec![b, t], &ids)?),
+        ("logits", view(Dtype::F32, vec![b, t, v], &logit_bytes)?),
+    ];
+    let name = path
+        .file_name()
+        .with_context(|| format!("{}: not a file path", path.display()))?;
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    safetensors::serialize_to_file(tensors, None, &tmp)
+        .with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| {
+        format!(
+            "{}: cannot move {} into place",
+            path.display(),
+            tmp.display()
+        )
+    })?;
+    Ok(())
 }

@@ -6,10 +6,13 @@
 //! - [`MoeTransformer`] computes experts sparsely: only the selected (token, expert) pairs run.
 //! - [`load_checkpoint`] reads HF checkpoint directories (single file or sharded, per-expert or
 //!   fused expert layout, f32/bf16/f16).
+//! - [`MoeTransformer::generate`] decodes batches of left-padded prompts through the KV cache
+//!   (and the online-SeqTopK expert caches), greedy or sampled ([`GenerationConfig`]).
 
 mod attention;
 mod config;
 mod error;
+mod generate;
 mod loader;
 mod mlp;
 mod model;
@@ -21,6 +24,7 @@ mod weights;
 pub use attention::{Attention, LayerKvCache, attention_mask};
 pub use config::{Family, FfnKind, MoeConfig, MoeTransformerConfig, QkNorm};
 pub use error::{ConfigError, LoadError, ModelError};
+pub use generate::{FinishReason, Generated, GenerationConfig, Generator, Step, sample_token};
 pub use loader::{HostTensor, SafetensorsSource, load_checkpoint};
 pub use mlp::SwiGlu;
 pub use model::{

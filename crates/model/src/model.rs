@@ -77,7 +77,7 @@ pub struct DecodeState {
     kv: Vec<LayerKvCache>,
     experts: Vec<Option<ExpertCache>>,
     key_valid: Vec<Vec<bool>>,
-    next_position: Vec<usize>,
+    pub(crate) next_position: Vec<usize>,
 }
 
 impl DecodeState {
@@ -385,80 +385,6 @@ impl MoeTransformer {
             moe_layers,
         })
     }
-
-    /// Greedy generation for a batch of prompts (left padded internally): prefill, then one token
-    /// per step through the KV cache (and the expert caches in `online_seqtopk` mode). Stops a row
-    /// at a token of `stop` (which is kept) and pads it afterwards; returns only new tokens.
-    ///
-    /// Routing: `online_seqtopk` prefills and decodes through each MoE layer's expert cache; any
-    /// other mode routes each decode step on its own (for `seqtopk` that is a per-step budget).
-    ///
-    /// Host synchronisation: one read-back of the `[B]` argmax per step, which the next step's
-    /// input needs.
-    pub fn generate_greedy(
-        &self,
-        prompts: &[Vec<u32>],
-        max_new_tokens: usize,
-        stop: &[u32],
-        device: &Device,
-    ) -> Result<Vec<Vec<u32>>, ModelError> {
-        let b = prompts.len();
-        let t0 = prompts.iter().map(Vec::len).max().unwrap_or(0);
-        if b == 0 || prompts.iter().any(Vec::is_empty) {
-            return Err(ModelError::Input(
-                "every prompt needs at least one token".into(),
-            ));
-        }
-        let pad = self.config.pad_token_id.unwrap_or(0);
-        let mut ids = Vec::with_capacity(b * t0);
-        let mut valid = Vec::with_capacity(b * t0);
-        for p in prompts {
-            ids.extend(std::iter::repeat_n(pad, t0 - p.len()).chain(p.iter().copied()));
-            valid.extend(
-                std::iter::repeat_n(false, t0 - p.len()).chain(std::iter::repeat_n(true, p.len())),
-            );
-        }
-        let layout = TokenLayout::new(b, t0, valid, vec![0; b * t0])?;
-        let mut state = self.new_decode_state(b);
-        let positions = default_positions(&layout);
-        let out = self.forward_with(&ids, &layout, &positions, Some(&mut state), device)?;
-        let mut next = argmax_last(out.logits)?;
-        let mut generated = vec![Vec::with_capacity(max_new_tokens); b];
-        let mut done = vec![false; b];
-        for step in 0..max_new_tokens {
-            for row in 0..b {
-                if !done[row] {
-                    generated[row].push(next[row]);
-                    done[row] = stop.contains(&next[row]);
-                }
-            }
-            if step + 1 == max_new_tokens || done.iter().all(|&d| d) {
-                break;
-            }
-            let input: Vec<u32> = (0..b)
-                .map(|r| if done[r] { pad } else { next[r] })
-                .collect();
-            let positions = state.next_position.clone();
-            let layout = TokenLayout::dense(b, 1);
-            let out = self.forward_with(&input, &layout, &positions, Some(&mut state), device)?;
-            next = argmax_last(out.logits)?;
-        }
-        Ok(generated)
-    }
-}
-
-fn argmax_last(logits: Tensor<3>) -> Result<Vec<u32>, ModelError> {
-    let [b, t, v] = logits.dims();
-    let last = logits
-        .narrow(1, t - 1, 1)
-        .reshape([b, v])
-        .argmax(1)
-        .reshape([b]);
-    let ids = last
-        .into_data()
-        .try_into_vec_as::<i64>()
-        .map_err(|e| ModelError::Input(format!("reading generated ids back failed: {e:?}")))?;
-    Ok(ids.into_iter().map(|i| i as u32).collect())
 }
 
 /// Mean next-token cross-entropy over the pairs `(t, t+1)` that are both real tokens of the same

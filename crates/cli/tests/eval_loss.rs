@@ -1,0 +1,296 @@
+//! `seqtopk eval loss` through the binary: HF parity of the loss and the dumped logits on the
+//! committed fixtures, router overrides, batching, and failure modes.
+#![allow(missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use safetensors::SafeTensors;
+use serde_json::Value;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../checkpoints/fixtures")
+        .join(name)
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("seqtopk-evalloss-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn seqtopk(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_seqtopk"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run seqtopk")
+}
+
+fn ok_json(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "seqtopk failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stdout is one JSON object")
+}
+
+fn failure(out: &Output) -> String {
+    assert!(!out.status.success(), "expected a failure");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn i64s(st: &SafeTensors, key: &str) -> (Vec<usize>, Vec<i64>) {
+    let t = st.tensor(key).unwrap();
+    let v = t
+        .data()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    (t.shape().to_vec(), v)
+}
+
+fn f32s(st: &SafeTensors, key: &str) -> (Vec<usize>, Vec<f32>) {
+    let t = st.tensor(key).unwrap();
+    let v = t
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    (t.shape().to_vec(), v)
+}
+
+/// HF's unpadded rows of the golden batch, written as `ids.json` in `dir`; and HF's loss.
+fn golden_rows(name: &str, dir: &Path) -> (PathBuf, Vec<Vec<i64>>, f64) {
+    let bytes = std::fs::read(fixture(name).join("golden.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let (shape, ids) = i64s(&st, "input_ids");
+    let (_, mask) = i64s(&st, "attention_mask");
+    let t = shape[1];
+    let rows: Vec<Vec<i64>> = (0..shape[0])
+        .map(|r| {
+            (0..t)
+                .filter(|&i| mask[r * t + i] == 1)
+                .map(|i| ids[r * t + i])
+                .collect()
+        })
+        .collect();
+    let path = dir.join(format!("{name}-ids.json"));
+    std::fs::write(&path, serde_json::to_string(&rows).unwrap()).unwrap();
+    let golden: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture(name).join("golden.json")).unwrap())
+            .unwrap();
+    (path, rows, golden["loss_ce"].as_f64().unwrap())
+}
+
+#[test]
+fn loss_equals_hf_on_every_family() {
+    let dir = scratch("parity");
+    for name in [
+        "olmoe-tiny",
+        "qwen2_moe-tiny",
+        "qwen3_moe-tiny",
+        "mixtral-tiny",
+        "llama-tiny",
+    ] {
+        let (ids, _, want) = golden_rows(name, &dir);
+        let ckpt = fixture(name);
+        let report = ok_json(&seqtopk(&[
+            "eval",
+            "loss",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--input-ids",
+            ids.to_str().unwrap(),
+        ]));
+        let loss = report["loss"].as_f64().unwrap();
+        assert!(
+            (loss - want).abs() <= 1e-5,
+            "{name}: loss {loss} vs HF {want}"
+        );
+        assert_eq!(report["tokens"], 26, "{name}");
+        assert_eq!(report["rows"], 3, "{name}");
+        if name == "llama-tiny" {
+            assert!(report["router"].is_null(), "dense model: {report}");
+        } else {
+            assert_eq!(report["router"]["mode"], "topk", "{name}");
+            assert_eq!(report["router"]["top_k"], 2, "{name}");
+        }
+    }
+}
+
+#[test]
+fn dumped_logits_equal_hf_and_batching_keeps_the_loss() {
+    let dir = scratch("dump");
+    let name = "qwen2_moe-tiny";
+    let (ids, rows, want) = golden_rows(name, &dir);
+    let ckpt = fixture(name);
+    let dump = dir.join("logits.safetensors");
+    let report = ok_json(&seqtopk(&[
+        "eval",
+        "loss",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--input-ids",
+        ids.to_str().unwrap(),
+        "--dump-logits",
+        dump.to_str().unwrap(),
+        "--batch-size",
+        "2",
+    ]));
+    assert!((report["loss"].as_f64().unwrap() - want).abs() <= 1e-5);
+
+    let got_bytes = std::fs::read(&dump).unwrap();
+    let got = SafeTensors::deserialize(&got_bytes).unwrap();
+    let golden_bytes = std::fs::read(ckpt.join("golden.safetensors")).unwrap();
+    let golden = SafeTensors::deserialize(&golden_bytes).unwrap();
+    let (gshape, glogits) = f32s(&got, "logits");
+    let (wshape, wlogits) = f32s(&golden, "logits");
+    assert_eq!(gshape, wshape);
+    let (_, gmask) = i64s(&got, "attention_mask");
+    let (_, wmask) = i64s(&golden, "attention_mask");
+    assert_eq!(gmask, wmask, "the dumped mask is HF's right-padding mask");
+    let (_, gids) = i64s(&got, "input_ids");
+    let t = gshape[1];
+    for (r, row) in rows.iter().enumerate() {
+        assert_eq!(&gids[r * t..r * t + row.len()], row.as_slice());
+    }
+    let v = gshape[2];
+    let mut max = 0f32;
+    for p in 0..gshape[0] * t {
+        if wmask[p] == 1 {
+            for j in 0..v {
+                max = max.max((glogits[p * v + j] - wlogits[p * v + j]).abs());
+            }
+        }
+    }
+    assert!(max <= 1e-4, "max |Δlogit| {max}");
+
+    // The dump is never overwritten.
+    let before = std::fs::read(&dump).unwrap();
+    let err = failure(&seqtopk(&[
+        "eval",
+        "loss",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--input-ids",
+        ids.to_str().unwrap(),
+        "--dump-logits",
+        dump.to_str().unwrap(),
+    ]));
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(std::fs::read(&dump).unwrap(), before);
+}
+
+#[test]
+fn router_override_changes_the_routing_and_is_reported() {
+    let dir = scratch("router");
+    let (ids, _, topk_loss) = golden_rows("olmoe-tiny", &dir);
+    let ckpt = fixture("olmoe-tiny");
+    let report = ok_json(&seqtopk(&[
+        "eval",
+        "loss",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--input-ids",
+        ids.to_str().unwrap(),
+        "--router",
+        "seqtopk",
+        "--cap",
+        "3",
+    ]));
+    assert_eq!(report["router"]["mode"], "seqtopk");
+    assert_eq!(report["router"]["cap"], 3);
+    assert_eq!(report["router"]["floor"], 1);
+    let loss = report["loss"].as_f64().unwrap();
+    assert!(loss.is_finite());
+    assert!(
+        (loss - topk_loss).abs() > 1e-6,
+        "sequence-level routing gives other logits than top-K"
+    );
+    let err = failure(&seqtopk(&[
+        "eval",
+        "loss",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--input-ids",
+        ids.to_str().unwrap(),
+        "--router",
+        "seqtopk",
+        "--k",
+        "9",
+    ]));
+    assert!(err.contains("top_k") && err.contains("got 9"), "{err}");
+}
+
+#[test]
+fn bad_inputs_fail_with_a_clear_message() {
+    let dir = scratch("errors");
+    let ckpt = fixture("olmoe-tiny");
+    let ckpt = ckpt.to_str().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let good = write("good.json", "[[1, 5, 9], [1, 7]]");
+
+    let missing = dir.join("no-such-checkpoint");
+    let err = failure(&seqtopk(&[
+        "eval",
+        "loss",
+        "--checkpoint",
+        missing.to_str().unwrap(),
+        "--input-ids",
+        good.to_str().unwrap(),
+    ]));
+    assert!(err.contains("no-such-checkpoint"), "{err}");
+
+    let cases = [
+        (
+            "string.json",
+            "[[1, 5, 9], [1, 7, \"x\"]]",
+            "row 1, position 2",
+        ),
+        ("negative.json", "[[1, -5]]", "row 0, position 1"),
+        (
+            "vocab.json",
+            "[[1, 5], [3, 4, 256]]",
+            "outside the model's vocabulary of 256",
+        ),
+        ("flat.json", "{\"ids\": [1, 2]}", "list of rows"),
+        ("notrow.json", "[[1, 2], 3]", "row 1"),
+        ("emptyrow.json", "[[1, 2], []]", "row 1 is empty"),
+        ("empty.json", "[]", "empty"),
+        ("broken.json", "[[1, 2", "not valid JSON"),
+        ("single.json", "[[4], [5]]", "no next-token pairs"),
+    ];
+    for (file, text, want) in cases {
+        let p = write(file, text);
+        let err = failure(&seqtopk(&[
+            "eval",
+            "loss",
+            "--checkpoint",
+            ckpt,
+            "--input-ids",
+            p.to_str().unwrap(),
+        ]));
+        assert!(err.contains(want), "{file}: {err}");
+        assert!(
+            err.contains(file),
+            "{file}: the message names the file: {err}"
+        );
+    }
+    let err = failure(&seqtopk(&[
+        "eval",
+        "loss",
+        "--checkpoint",
+        ckpt,
+        "--input-ids",
+        dir.join("absent.json").to_str().unwrap(),
+    ]));
+    assert!(err.contains("absent.json"), "{err}");
+}
