@@ -13,9 +13,16 @@ use seqtopk_router::{RouterConfig, RoutingMode};
 
 use crate::common::{DeviceArgs, RouterArgs};
 
-/// Task evaluation options.
+/// Task evaluation options (boxed: they are many, and `eval loss` shares the enum).
 #[derive(Debug, Args)]
 pub struct TaskArgs {
+    #[command(flatten)]
+    options: Box<TaskOptions>,
+}
+
+/// The options themselves.
+#[derive(Debug, Args)]
+struct TaskOptions {
     /// Checkpoint directory (`config.json`, safetensors weights and `tokenizer.json`).
     #[arg(long)]
     checkpoint: Option<PathBuf>,
@@ -132,13 +139,19 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
     let name = path
         .file_name()
         .with_context(|| format!("{} is not a file path", path.display()))?;
-    let tmp = path.with_file_name(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
 /// Runs `eval --tasks …`.
 pub fn run(args: TaskArgs) -> Result<()> {
+    let args = *args.options;
     let Some(checkpoint) = args.checkpoint.clone() else {
         bail!("eval needs --checkpoint DIR (or the `loss` subcommand)");
     };
@@ -280,7 +293,11 @@ pub fn run(args: TaskArgs) -> Result<()> {
         reports.push(report);
     }
 
-    let table: String = reports.iter().map(EvalReport::table).collect::<Vec<_>>().join("\n");
+    let table: String = reports
+        .iter()
+        .map(EvalReport::table)
+        .collect::<Vec<_>>()
+        .join("\n");
     let json = if settings.is_some() {
         serde_json::to_string_pretty(&serde_json::json!({ "runs": reports }))?
     } else {

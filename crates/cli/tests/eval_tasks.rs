@@ -179,12 +179,20 @@ fn every_task_runs_including_code_in_the_sandbox() {
             .map(|(_, v)| v.as_f64().unwrap())
             .sum();
         assert_eq!(outcomes, 1.0, "{r}");
-        assert!(r["items"][0]["extracted"].as_str().unwrap().contains("check(")
-            || r["task"] == "mbpp");
+        assert!(
+            r["items"][0]["extracted"]
+                .as_str()
+                .unwrap()
+                .contains("check(")
+                || r["task"] == "mbpp"
+        );
     }
     // The ESFT caveat is stated.
     let notes = report["notes"].to_string();
-    assert!(notes.contains("ROUGE-L") && notes.contains("LLM judge"), "{notes}");
+    assert!(
+        notes.contains("ROUGE-L") && notes.contains("LLM judge"),
+        "{notes}"
+    );
     assert!(String::from_utf8_lossy(&o.stderr).contains("esft_summary"));
 }
 
@@ -214,7 +222,12 @@ fn compare_prints_and_writes_the_router_table() {
     let runs = study["runs"].as_array().unwrap();
     let settings: Vec<(String, u64)> = runs
         .iter()
-        .map(|r| (r["router"].as_str().unwrap().to_string(), r["k"].as_u64().unwrap()))
+        .map(|r| {
+            (
+                r["router"].as_str().unwrap().to_string(),
+                r["k"].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         settings,
@@ -243,13 +256,26 @@ fn bad_invocations_fail_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let no_tok = tiny_checkpoint(&dir.path().join("a"), false);
     let ck = tiny_checkpoint(&dir.path().join("b"), true);
+    let missing = dir.path().join("missing");
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
-            vec!["eval", "--checkpoint", no_tok.to_str().unwrap(), "--tasks", "lambada"],
+            vec![
+                "eval",
+                "--checkpoint",
+                no_tok.to_str().unwrap(),
+                "--tasks",
+                "lambada",
+            ],
             "tokenizer.json",
         ),
         (
-            vec!["eval", "--checkpoint", ck.to_str().unwrap(), "--tasks", "gsm8k,nope"],
+            vec![
+                "eval",
+                "--checkpoint",
+                ck.to_str().unwrap(),
+                "--tasks",
+                "gsm8k,nope",
+            ],
             "unknown task `nope`",
         ),
         (
@@ -265,16 +291,28 @@ fn bad_invocations_fail_clearly() {
             "--compare",
         ),
         (
-            vec!["eval", "--checkpoint", ck.to_str().unwrap(), "--compare", "fastest:2"],
+            vec![
+                "eval",
+                "--checkpoint",
+                ck.to_str().unwrap(),
+                "--compare",
+                "fastest:2",
+            ],
             "unknown routing mode `fastest`",
         ),
         (
-            vec!["eval", "--checkpoint", ck.to_str().unwrap(), "--compare", "topk:x"],
+            vec![
+                "eval",
+                "--checkpoint",
+                ck.to_str().unwrap(),
+                "--compare",
+                "topk:x",
+            ],
             "K must be a positive integer",
         ),
         (vec!["eval", "--tasks", "gsm8k"], "--checkpoint"),
         (
-            vec!["eval", "--checkpoint", dir.path().join("missing").to_str().unwrap()],
+            vec!["eval", "--checkpoint", missing.to_str().unwrap()],
             "not a directory",
         ),
     ];
@@ -286,12 +324,21 @@ fn bad_invocations_fail_clearly() {
     }
     // A data directory without the task's file names the file and the option.
     let o = Command::new(env!("CARGO_BIN_EXE_seqtopk"))
-        .args(["eval", "--checkpoint", ck.to_str().unwrap(), "--tasks", "gsm8k"])
+        .args([
+            "eval",
+            "--checkpoint",
+            ck.to_str().unwrap(),
+            "--tasks",
+            "gsm8k",
+        ])
         .arg("--data-dir")
         .arg(dir.path())
         .output()
         .unwrap();
     assert!(!o.status.success());
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(stderr.contains("gsm8k_test.jsonl") && stderr.contains("--data-dir"), "{stderr}");
+    assert!(
+        stderr.contains("gsm8k_test.jsonl") && stderr.contains("--data-dir"),
+        "{stderr}"
+    );
 }
