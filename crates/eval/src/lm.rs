@@ -116,10 +116,11 @@ impl<'a> Lm<'a> {
         context: &str,
         continuation: &str,
     ) -> Result<(Vec<u32>, Vec<u32>), EvalError> {
-        let (context, continuation) = match context.strip_suffix(' ') {
-            Some(c) => (c, format!(" {continuation}")),
-            None => (context, continuation.to_string()),
-        };
+        let trimmed = context.trim_end();
+        let (context, continuation) = (
+            trimmed,
+            format!("{}{continuation}", &context[trimmed.len()..]),
+        );
         let ctx = self.encode(context)?;
         let whole = self.encode(&format!("{context}{continuation}"))?;
         let cont = if whole.len() > ctx.len() && whole.starts_with(&ctx) {

@@ -258,7 +258,7 @@ pub struct ContinuationItem {
     pub id: String,
     /// Passage without its last word.
     pub context: String,
-    /// The last word with its leading space.
+    /// The last word with the whitespace before it.
     pub continuation: String,
 }
 
@@ -592,7 +592,7 @@ pub fn load_task(
                     Ok(ContinuationItem {
                         id: r.id("id"),
                         context: text[..cut].to_string(),
-                        continuation: format!(" {}", &text[cut + 1..]),
+                        continuation: text[cut..].to_string(),
                     })
                 })
                 .collect::<Result<_, EvalError>>()?;

@@ -355,3 +355,21 @@ fn canonical_solutions_pass_the_sandbox() {
         assert!(run.passed(), "{run:?}");
     }
 }
+
+#[test]
+fn context_whitespace_moves_to_the_continuation() {
+    let (model, tok, device) = setup();
+    let lm = Lm::new(&model, &tok, &device);
+    let (ctx, cont) = lm.encode_pair("Answer: \n", "B").unwrap();
+    assert_eq!(
+        ctx,
+        b"Answer:".iter().map(|&b| u32::from(b)).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        cont,
+        vec![u32::from(b' '), u32::from(b'\n'), u32::from(b'B')]
+    );
+    let (ctx, cont) = lm.encode_pair("Answer:", " B").unwrap();
+    assert_eq!(ctx.len(), 7);
+    assert_eq!(cont, vec![u32::from(b' '), u32::from(b'B')]);
+}
