@@ -1,13 +1,329 @@
-//! Placeholder until this command lands.
+//! `eval --checkpoint DIR --tasks …`: downstream tasks under one routing setting, or several with
+//! `--compare` (the paper-style router × K table).
 
-use anyhow::{Result, bail};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
+use seqtopk_data::{ChatTemplate, ChatTemplateKind};
+use seqtopk_eval::{
+    ESFT_NOTE, EvalOptions, EvalReport, Lm, SandboxConfig, TaskId, compare_markdown, evaluate,
+};
+use seqtopk_router::{RouterConfig, RoutingMode};
 
-/// Arguments.
+use crate::common::{DeviceArgs, RouterArgs};
+
+/// Task evaluation options (boxed: they are many, and `eval loss` shares the enum).
 #[derive(Debug, Args)]
-pub struct TaskArgs {}
+pub struct TaskArgs {
+    #[command(flatten)]
+    options: Box<TaskOptions>,
+}
 
-/// Runs the command.
-pub fn run(_args: TaskArgs) -> Result<()> {
-    bail!("not implemented yet")
+/// The options themselves.
+#[derive(Debug, Args)]
+struct TaskOptions {
+    /// Checkpoint directory (`config.json`, safetensors weights and `tokenizer.json`).
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Comma-separated tasks: gsm8k, math500, humaneval, mbpp, mmlu_law, esft_law,
+    /// esft_summary, lambada, ppl, or `all`.
+    #[arg(long, default_value = "all")]
+    tasks: String,
+    /// Score only the first N items of each task (per domain for `ppl`).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// New tokens per generation (default: per task, 256–512).
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+    /// Directory with `{math,code,law,writing}/*.jsonl`: the committed samples or a full fetch
+    /// (`data`).
+    #[arg(long, default_value = "data/samples")]
+    data_dir: PathBuf,
+    /// Write the results as JSON here (else the JSON goes to stdout and the table to stderr).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Router settings to compare, `mode:K` comma-separated (e.g.
+    /// `topk:2,seqtopk:2,online_seqtopk:2`; `mode` alone uses the checkpoint's K).
+    #[arg(long)]
+    compare: Option<String>,
+    /// Write the router × K table as Markdown here.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+    /// Replace existing `--out` / `--markdown` files.
+    #[arg(long)]
+    overwrite: bool,
+    /// Chat template around prompts: none (raw prompts), olmoe, tulu, chatml.
+    #[arg(long, default_value = "none", value_parser = parse_template)]
+    chat_template: ChatTemplateKind,
+    /// Rows per forward pass.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Context window in tokens (default: the checkpoint's `max_position_embeddings`).
+    #[arg(long)]
+    max_length: Option<usize>,
+    /// Wall-clock limit per generated program, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    code_timeout: f64,
+    /// Address-space limit per generated program, MiB.
+    #[arg(long, default_value_t = 1024)]
+    code_memory_mb: u64,
+    /// Generated programs run at once (default: up to 8, one per core).
+    #[arg(long)]
+    code_jobs: Option<usize>,
+    /// Leave per-item records (generations, extracted answers) out of the JSON.
+    #[arg(long)]
+    no_items: bool,
+    #[command(flatten)]
+    router: RouterArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+fn parse_template(s: &str) -> Result<ChatTemplateKind, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned()))
+        .map_err(|_| format!("unknown chat template `{s}` (expected none, olmoe, tulu or chatml)"))
+}
+
+fn parse_mode(s: &str) -> Result<RoutingMode> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| {
+        anyhow::anyhow!(
+            "unknown routing mode `{s}` (expected topk, seqtopk, online_seqtopk, batch_topk or top_p)"
+        )
+    })
+}
+
+/// `topk:2,seqtopk:2` → [(topk, Some(2)), (seqtopk, Some(2))].
+fn parse_compare(s: &str) -> Result<Vec<(RoutingMode, Option<usize>)>> {
+    let mut out = Vec::new();
+    for entry in s.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (mode, k) = match entry.split_once(':') {
+            Some((m, k)) => {
+                let k: usize = k.trim().parse().with_context(|| {
+                    format!("--compare entry `{entry}`: K must be a positive integer")
+                })?;
+                ensure!(k > 0, "--compare entry `{entry}`: K must be at least 1");
+                (m.trim(), Some(k))
+            }
+            None => (entry, None),
+        };
+        out.push((
+            parse_mode(mode).with_context(|| format!("--compare entry `{entry}`"))?,
+            k,
+        ));
+    }
+    ensure!(!out.is_empty(), "--compare lists no router setting");
+    Ok(out)
+}
+
+/// Refuse to replace an existing output unless asked to.
+fn check_output(path: &Option<PathBuf>, overwrite: bool, flag: &str) -> Result<()> {
+    if let Some(p) = path
+        && p.exists()
+        && !overwrite
+    {
+        bail!(
+            "{flag} {} already exists (pass --overwrite to replace it)",
+            p.display()
+        );
+    }
+    Ok(())
+}
+
+/// Write `text` to a temporary file beside `path`, then rename it into place.
+fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} is not a file path", path.display()))?;
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
+
+/// Runs `eval --tasks …`.
+pub fn run(args: TaskArgs) -> Result<()> {
+    let args = *args.options;
+    let Some(checkpoint) = args.checkpoint.clone() else {
+        bail!("eval needs --checkpoint DIR (or the `loss` subcommand)");
+    };
+    let tasks = TaskId::parse_list(&args.tasks)?;
+    ensure!(args.batch_size > 0, "--batch-size must be at least 1");
+    ensure!(args.limit != Some(0), "--limit must be at least 1");
+    ensure!(
+        args.max_new_tokens != Some(0),
+        "--max-new-tokens must be at least 1"
+    );
+    ensure!(
+        args.code_timeout > 0.0 && args.code_timeout.is_finite(),
+        "--code-timeout must be a positive number of seconds"
+    );
+    if args.compare.is_some() && (args.router.router.is_some() || args.router.k.is_some()) {
+        bail!("--compare lists the router settings itself: drop --router / --k");
+    }
+    let settings = args.compare.as_deref().map(parse_compare).transpose()?;
+    check_output(&args.out, args.overwrite, "--out")?;
+    check_output(&args.markdown, args.overwrite, "--markdown")?;
+
+    let device = args.device.device()?;
+    let mut loaded = seqtopk_checkpoint::load(&checkpoint, &device)?;
+    let tokenizer_path = loaded.tokenizer.clone().with_context(|| {
+        format!(
+            "checkpoint {} has no tokenizer.json beside its weights: copy the tokenizer the model was trained with there (for OLMoE: data/samples/tokenizers/olmoe/tokenizer.json)",
+            checkpoint.display()
+        )
+    })?;
+    let tokenizer = seqtopk_data::load_tokenizer(&tokenizer_path)?;
+    let checkpoint_k = loaded
+        .model
+        .config()
+        .moe
+        .as_ref()
+        .map(|m| m.num_experts_per_tok);
+
+    let mut opts = EvalOptions {
+        data_dir: args.data_dir.clone(),
+        limit: args.limit,
+        max_new_tokens: args.max_new_tokens,
+        chat_template: (args.chat_template != ChatTemplateKind::None)
+            .then(|| ChatTemplate::new(args.chat_template, None)),
+        sandbox: SandboxConfig {
+            timeout: std::time::Duration::from_secs_f64(args.code_timeout),
+            cpu_seconds: args.code_timeout.ceil() as u64,
+            memory_bytes: args.code_memory_mb << 20,
+            ..SandboxConfig::default()
+        },
+        keep_items: !args.no_items,
+        ..EvalOptions::default()
+    };
+    if let Some(j) = args.code_jobs {
+        ensure!(j > 0, "--code-jobs must be at least 1");
+        opts.sandbox_jobs = j;
+    }
+
+    // (label, k, config to apply or None to keep the checkpoint's routing)
+    let runs: Vec<(RoutingMode, Option<usize>, Option<RouterConfig>)> = match &settings {
+        Some(list) => list
+            .iter()
+            .map(|&(mode, k)| {
+                let k = k.or(checkpoint_k).with_context(|| {
+                    format!("--compare entry `{mode}` needs a K: the checkpoint has no MoE layers")
+                })?;
+                let mut config = RouterConfig::new(mode, k);
+                config.cap = args.router.cap;
+                config.floor = args.router.floor;
+                config.top_p = args.router.top_p_mass;
+                Ok((mode, Some(k), Some(config)))
+            })
+            .collect::<Result<_>>()?,
+        None => match args.router.resolve(checkpoint_k)? {
+            Some(config) => vec![(config.mode, Some(config.top_k), Some(config))],
+            None => vec![(RoutingMode::Topk, checkpoint_k, None)],
+        },
+    };
+
+    let mut reports = Vec::new();
+    for (mode, k, config) in runs {
+        if let Some(config) = &config {
+            loaded
+                .model
+                .set_routing(config)
+                .with_context(|| format!("applying router {mode} K={k:?}"))?;
+        }
+        let mut lm = Lm::new(&loaded.model, &tokenizer, &device);
+        lm.batch_size = args.batch_size;
+        if let Some(m) = args.max_length {
+            ensure!(m >= 2, "--max-length must be at least 2");
+            lm.max_length = m;
+        }
+        tracing::info!(router = %mode, k = ?k, tasks = tasks.len(), "evaluating");
+        let results = evaluate(&lm, &tasks, &opts)?;
+        let mut notes = Vec::new();
+        if tasks
+            .iter()
+            .any(|t| matches!(t, TaskId::EsftLaw | TaskId::EsftSummary))
+        {
+            notes.push(ESFT_NOTE.to_string());
+        }
+        if matches!(mode, RoutingMode::Seqtopk | RoutingMode::BatchTopk)
+            && tasks.iter().any(|t| {
+                matches!(
+                    t,
+                    TaskId::Gsm8k
+                        | TaskId::Math500
+                        | TaskId::Humaneval
+                        | TaskId::Mbpp
+                        | TaskId::EsftLaw
+                        | TaskId::EsftSummary
+                )
+            })
+        {
+            notes.push(format!(
+                "{mode}: scoring passes route whole sequences; during generation each decode step is routed on its own (use online_seqtopk for causal sequence-level routing with the expert cache)"
+            ));
+        }
+        let mut report = EvalReport {
+            checkpoint: checkpoint.display().to_string(),
+            router: if config.is_none() && checkpoint_k.is_none() {
+                "dense".to_string()
+            } else {
+                mode.to_string()
+            },
+            k,
+            router_from_checkpoint: config.is_none(),
+            data_dir: args.data_dir.display().to_string(),
+            limit: args.limit,
+            chat_template: serde_json::to_value(args.chat_template)?
+                .as_str()
+                .unwrap_or("none")
+                .to_string(),
+            results,
+            average: None,
+            notes,
+        };
+        report.update_average();
+        reports.push(report);
+    }
+
+    let table: String = reports
+        .iter()
+        .map(EvalReport::table)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let json = if settings.is_some() {
+        serde_json::to_string_pretty(&serde_json::json!({ "runs": reports }))?
+    } else {
+        serde_json::to_string_pretty(&reports[0])?
+    };
+    let markdown = compare_markdown(&reports);
+    if let Some(path) = &args.markdown {
+        write_atomic(path, &markdown)?;
+        tracing::info!(path = %path.display(), "wrote the markdown table");
+    }
+    match &args.out {
+        Some(path) => {
+            write_atomic(path, &(json + "\n"))?;
+            tracing::info!(path = %path.display(), "wrote the results");
+            print!("{table}");
+            if settings.is_some() {
+                println!("\n{markdown}");
+            }
+        }
+        None => {
+            println!("{json}");
+            eprint!("{table}");
+            if settings.is_some() {
+                eprintln!("\n{markdown}");
+            }
+        }
+    }
+    Ok(())
 }
