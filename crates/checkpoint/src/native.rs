@@ -12,6 +12,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use burn::module::Module;
 use burn::store::{BurnpackStore, FloatCastAdapter, ModuleSnapshot, ModuleStore};
 use burn::tensor::Device;
 use seqtopk_model::{Init, LoadError, MoeTransformer, MoeTransformerConfig, WeightSource};

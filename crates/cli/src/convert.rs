@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use burn::module::Module;
 use burn::tensor::Device;
 use clap::{Args, Subcommand};
 use seqtopk_checkpoint::{
