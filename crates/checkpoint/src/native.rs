@@ -13,7 +13,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
-use burn::store::{BurnpackStore, FloatCastAdapter, ModuleSnapshot, ModuleStore};
+use burn::store::{BurnpackStore, FloatCastAdapter, ModuleSnapshot};
 use burn::tensor::Device;
 use seqtopk_model::{Init, LoadError, MoeTransformer, MoeTransformerConfig, WeightSource};
 use serde::{Deserialize, Serialize};

@@ -44,7 +44,8 @@ fn raw_tensors(dir: &Path) -> BTreeMap<String, (String, Vec<usize>, Vec<u8>)> {
     let mut out = BTreeMap::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "safetensors") {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("model") && name.ends_with(".safetensors") {
             let bytes = std::fs::read(&path).unwrap();
             let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
             for (name, view) in st.tensors() {
@@ -66,17 +67,24 @@ fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// Logits of the valid positions of a padded two-row batch (padding rows are not computed by
+/// MoE layers, so only real tokens are comparable across architectures).
 fn logits(model: &MoeTransformer, device: &Device) -> Vec<f32> {
-    let vocab = model.config().vocab_size as u32;
-    let ids: Vec<u32> = (0..2 * 9).map(|i| (i * 37 + 11) % vocab).collect();
+    let vocab = model.config().vocab_size;
+    let ids: Vec<u32> = (0..2 * 9).map(|i| (i * 37 + 11) % vocab as u32).collect();
     let layout = TokenLayout::from_lengths(9, &[9, 6]).unwrap();
-    model
+    let all = model
         .forward(&ids, &layout, device)
         .unwrap()
         .logits
         .into_data()
         .try_into_vec_as::<f32>()
-        .unwrap()
+        .unwrap();
+    all.chunks(vocab)
+        .zip(layout.valid())
+        .filter(|&(_, &valid)| valid)
+        .flat_map(|(row, _)| row.iter().copied())
+        .collect()
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
