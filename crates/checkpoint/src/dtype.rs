@@ -122,7 +122,9 @@ impl FromStr for StorageDtype {
             "f32" | "float32" | "fp32" => Ok(StorageDtype::F32),
             "bf16" | "bfloat16" => Ok(StorageDtype::Bf16),
             "f16" | "float16" | "fp16" | "half" => Ok(StorageDtype::F16),
-            other => Err(format!("unknown dtype `{other}` (expected f32, bf16 or f16)")),
+            other => Err(format!(
+                "unknown dtype `{other}` (expected f32, bf16 or f16)"
+            )),
         }
     }
 }

@@ -63,7 +63,10 @@ impl Default for ExportOptions {
     }
 }
 
-fn values<const D: usize>(param: &Param<Tensor<D>>, what: &str) -> Result<Vec<f32>, CheckpointError> {
+fn values<const D: usize>(
+    param: &Param<Tensor<D>>,
+    what: &str,
+) -> Result<Vec<f32>, CheckpointError> {
     param
         .val()
         .into_data()
@@ -187,8 +190,7 @@ pub fn hf_tensors(
                 mlp,
             )?,
             Ffn::Moe(moe) => {
-                let mixtral_legacy =
-                    family == Family::Mixtral && layout == ExpertLayout::PerExpert;
+                let mixtral_legacy = family == Family::Mixtral && layout == ExpertLayout::PerExpert;
                 let mp = if mixtral_legacy {
                     format!("{p}.block_sparse_moe")
                 } else {
@@ -204,9 +206,21 @@ pub fn hf_tensors(
                         };
                         for (e, expert) in moe.experts.iter().enumerate() {
                             let base = format!("{mp}.experts.{e}");
-                            push_linear(&mut out, &format!("{base}.{}", names[0]), &expert.gate_proj)?;
-                            push_linear(&mut out, &format!("{base}.{}", names[1]), &expert.up_proj)?;
-                            push_linear(&mut out, &format!("{base}.{}", names[2]), &expert.down_proj)?;
+                            push_linear(
+                                &mut out,
+                                &format!("{base}.{}", names[0]),
+                                &expert.gate_proj,
+                            )?;
+                            push_linear(
+                                &mut out,
+                                &format!("{base}.{}", names[1]),
+                                &expert.up_proj,
+                            )?;
+                            push_linear(
+                                &mut out,
+                                &format!("{base}.{}", names[2]),
+                                &expert.down_proj,
+                            )?;
                         }
                     }
                     ExpertLayout::Fused => {
@@ -285,7 +299,12 @@ pub fn export_hf(
     let staging = Staging::new(out, options.force)?;
     let tensors = hf_tensors(model, options.layout)?;
     let count = tensors.len();
-    write_safetensors(staging.dir(), &tensors, options.dtype, options.max_shard_bytes)?;
+    write_safetensors(
+        staging.dir(),
+        &tensors,
+        options.dtype,
+        options.max_shard_bytes,
+    )?;
     write_json(
         &staging.dir().join("config.json"),
         &config_for_dtype(hf_config, options.dtype),
@@ -305,8 +324,10 @@ pub fn write_safetensors(
     dtype: StorageDtype,
     max_shard_bytes: usize,
 ) -> Result<(), CheckpointError> {
-    let encoded: Vec<(&HfTensor, Vec<u8>)> =
-        tensors.iter().map(|t| (t, dtype.encode(&t.values))).collect();
+    let encoded: Vec<(&HfTensor, Vec<u8>)> = tensors
+        .iter()
+        .map(|t| (t, dtype.encode(&t.values)))
+        .collect();
     let mut shards: Vec<Vec<usize>> = vec![Vec::new()];
     let mut size = 0;
     for (i, (_, bytes)) in encoded.iter().enumerate() {
@@ -332,12 +353,13 @@ pub fn write_safetensors(
         let mut views = Vec::with_capacity(members.len());
         for &i in members {
             let (t, bytes) = &encoded[i];
-            let view = TensorView::new(dtype.safetensors(), t.shape.clone(), bytes).map_err(|e| {
-                CheckpointError::Tensor {
-                    key: t.key.clone(),
-                    message: format!("shape {:?} does not match its data: {e}", t.shape),
-                }
-            })?;
+            let view =
+                TensorView::new(dtype.safetensors(), t.shape.clone(), bytes).map_err(|e| {
+                    CheckpointError::Tensor {
+                        key: t.key.clone(),
+                        message: format!("shape {:?} does not match its data: {e}", t.shape),
+                    }
+                })?;
             weight_map.insert(t.key.clone(), Value::String(name.clone()));
             views.push((t.key.clone(), view));
         }

@@ -347,7 +347,11 @@ impl fmt::Display for Inspection {
                     m.heads[1],
                     m.heads[2],
                     m.vocab_size,
-                    if m.tie_word_embeddings { ", tied embeddings" } else { "" }
+                    if m.tie_word_embeddings {
+                        ", tied embeddings"
+                    } else {
+                        ""
+                    }
                 )?;
                 if let Some(i) = m.dense_intermediate {
                     writeln!(f, "dense mlp:  intermediate {i}")?;
@@ -362,7 +366,11 @@ impl fmt::Display for Inspection {
                         e.shared_intermediate
                             .map(|s| format!(", shared expert {s}"))
                             .unwrap_or_default(),
-                        if e.norm_topk_prob { ", renormalised" } else { "" }
+                        if e.norm_topk_prob {
+                            ", renormalised"
+                        } else {
+                            ""
+                        }
                     )?;
                 }
             }
@@ -372,7 +380,11 @@ impl fmt::Display for Inspection {
         if let Some(e) = &self.config_error {
             writeln!(f, "config:     {e}")?;
         }
-        let dtypes: Vec<String> = self.dtypes.iter().map(|(d, n)| format!("{d} ×{n}")).collect();
+        let dtypes: Vec<String> = self
+            .dtypes
+            .iter()
+            .map(|(d, n)| format!("{d} ×{n}"))
+            .collect();
         writeln!(f, "dtype:      {}", dtypes.join(", "))?;
         writeln!(
             f,

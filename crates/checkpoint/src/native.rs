@@ -300,10 +300,11 @@ pub fn load_native(
     let manifest = read_manifest(dir)?;
     verify_native(dir, &manifest, false)?;
     let config_path = dir.join("config.json");
-    let config = MoeTransformerConfig::from_file(&config_path).map_err(|e| CheckpointError::Load {
-        path: dir.to_path_buf(),
-        source: LoadError::Config(e),
-    })?;
+    let config =
+        MoeTransformerConfig::from_file(&config_path).map_err(|e| CheckpointError::Load {
+            path: dir.to_path_buf(),
+            source: LoadError::Config(e),
+        })?;
     let mut model = MoeTransformer::build(&config, &mut Zeros, device).map_err(|source| {
         CheckpointError::Load {
             path: dir.to_path_buf(),

@@ -28,10 +28,7 @@ fn sibling(out: &Path, tag: &str) -> Result<PathBuf, CheckpointError> {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     let parent = out.parent().unwrap_or(Path::new("."));
-    Ok(parent.join(format!(
-        ".{name}.{tag}-{}-{nanos:09}",
-        std::process::id()
-    )))
+    Ok(parent.join(format!(".{name}.{tag}-{}-{nanos:09}", std::process::id())))
 }
 
 impl Staging {

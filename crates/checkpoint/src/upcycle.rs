@@ -8,7 +8,9 @@
 use std::collections::HashMap;
 
 use burn::tensor::Device;
-use seqtopk_model::{Family, Init, LoadError, MoeTransformer, MoeTransformerConfig, SeededInit, WeightSource};
+use seqtopk_model::{
+    Family, Init, LoadError, MoeTransformer, MoeTransformerConfig, SeededInit, WeightSource,
+};
 use serde_json::{Value, json};
 
 use crate::CheckpointError;
@@ -42,9 +44,11 @@ impl Default for UpcycleOptions {
 /// the MoE fields added (unknown keys such as `bos_token_id` are kept).
 pub fn upcycled_config(dense: &Value, options: &UpcycleOptions) -> Result<Value, CheckpointError> {
     let mut config = dense.clone();
-    let obj = config.as_object_mut().ok_or_else(|| CheckpointError::Unsupported {
-        message: "the dense config.json is not a JSON object".into(),
-    })?;
+    let obj = config
+        .as_object_mut()
+        .ok_or_else(|| CheckpointError::Unsupported {
+            message: "the dense config.json is not a JSON object".into(),
+        })?;
     for key in ["mlp_bias", "pretraining_tp", "attention_bias"] {
         obj.remove(key);
     }
@@ -85,7 +89,9 @@ impl UpcycleSource {
 impl WeightSource for UpcycleSource {
     fn tensor(&mut self, key: &str, shape: &[usize], init: Init) -> Result<Vec<f32>, LoadError> {
         if key.ends_with(".block_sparse_moe.gate.weight") {
-            return self.router.tensor(key, shape, Init::Normal(self.router_std));
+            return self
+                .router
+                .tensor(key, shape, Init::Normal(self.router_std));
         }
         let source_key = Self::dense_key(key).unwrap_or_else(|| key.to_string());
         match self.dense.get(&source_key) {
@@ -150,14 +156,18 @@ pub fn upcycle(
     }
     if !(options.router_std.is_finite() && options.router_std >= 0.0) {
         return Err(CheckpointError::Unsupported {
-            message: format!("router std must be finite and ≥ 0, got {}", options.router_std),
+            message: format!(
+                "router std must be finite and ≥ 0, got {}",
+                options.router_std
+            ),
         });
     }
     let config_json = upcycled_config(dense_config, options)?;
-    let config = MoeTransformerConfig::from_json_str(&config_json.to_string(), "upcycled config.json")
-        .map_err(|e| CheckpointError::Unsupported {
-            message: format!("the upcycled config is not valid: {e}"),
-        })?;
+    let config =
+        MoeTransformerConfig::from_json_str(&config_json.to_string(), "upcycled config.json")
+            .map_err(|e| CheckpointError::Unsupported {
+                message: format!("the upcycled config is not valid: {e}"),
+            })?;
     let dense_tensors = hf_tensors(dense, ExpertLayout::PerExpert)?
         .into_iter()
         .map(|t| (t.key.clone(), t))

@@ -89,7 +89,10 @@ fn logits(model: &MoeTransformer, device: &Device) -> Vec<f32> {
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn no_leftovers(parent: &Path) {
@@ -111,7 +114,11 @@ fn round_trip_every_fixture() {
         let src = fixture(name);
         let native = root.join(format!("{name}-native"));
         let manifest = import_hf(&src, &native, &ImportOptions::default(), &device).unwrap();
-        let want_dtype = if name.ends_with("bf16") { "bf16" } else { "f32" };
+        let want_dtype = if name.ends_with("bf16") {
+            "bf16"
+        } else {
+            "f32"
+        };
         assert_eq!(manifest.dtype, want_dtype, "{name}");
         let hf = load(&src, &device).unwrap();
         let nat = load(&native, &device).unwrap();
@@ -193,12 +200,18 @@ fn expert_layouts_convert_both_ways() {
     )
     .unwrap();
     let t = raw_tensors(&fused);
-    assert_eq!(t["model.layers.0.mlp.experts.gate_up_proj"].1, vec![5, 80, 96]);
+    assert_eq!(
+        t["model.layers.0.mlp.experts.gate_up_proj"].1,
+        vec![5, 80, 96]
+    );
     assert_eq!(t["model.layers.0.mlp.experts.down_proj"].1, vec![5, 96, 40]);
     assert!(t.contains_key("model.layers.0.mlp.gate.weight"));
     let a = load(fixture("mixtral-tiny"), &device).unwrap();
     let b = load(&fused, &device).unwrap();
-    assert_eq!(max_diff(&logits(&a.model, &device), &logits(&b.model, &device)), 0.0);
+    assert_eq!(
+        max_diff(&logits(&a.model, &device), &logits(&b.model, &device)),
+        0.0
+    );
 }
 
 /// `--dtype bf16` stores bf16 and exports bf16 values rounded to nearest even from the f32 source.
@@ -309,7 +322,10 @@ fn save_native_from_an_autodiff_model() {
     let plain = Device::flex();
     let back = load(&out, &plain).unwrap();
     let want = load(fixture("qwen2_moe-tiny"), &plain).unwrap();
-    assert_eq!(max_diff(&logits(&want.model, &plain), &logits(&back.model, &plain)), 0.0);
+    assert_eq!(
+        max_diff(&logits(&want.model, &plain), &logits(&back.model, &plain)),
+        0.0
+    );
     verify(&out).unwrap();
     no_leftovers(&root);
 }
@@ -337,7 +353,10 @@ fn bad_sources_give_clear_errors() {
     std::fs::write(&weights, &bytes[..bytes.len() - 1000]).unwrap();
     let err = import_hf(&truncated, &out, &ImportOptions::default(), &device).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("model.safetensors") && msg.contains("truncated"), "{msg}");
+    assert!(
+        msg.contains("model.safetensors") && msg.contains("truncated"),
+        "{msg}"
+    );
 
     let sharded = root.join("missing-shard");
     copy_dir(&fixture("qwen2_moe-tiny-sharded"), &sharded);
@@ -345,7 +364,10 @@ fn bad_sources_give_clear_errors() {
     let msg = import_hf(&sharded, &out, &ImportOptions::default(), &device)
         .unwrap_err()
         .to_string();
-    assert!(msg.contains("model-00002-of-00004.safetensors") && msg.contains("missing"), "{msg}");
+    assert!(
+        msg.contains("model-00002-of-00004.safetensors") && msg.contains("missing"),
+        "{msg}"
+    );
 
     let shape = root.join("wrong-shape");
     copy_dir(&fixture("llama-tiny"), &shape);
@@ -364,7 +386,10 @@ fn bad_sources_give_clear_errors() {
         "{err}"
     );
     let msg = err.to_string();
-    assert!(msg.contains("model.layers.0.mlp.gate_proj.weight") && msg.contains("[64, 96]"), "{msg}");
+    assert!(
+        msg.contains("model.layers.0.mlp.gate_proj.weight") && msg.contains("[64, 96]"),
+        "{msg}"
+    );
 
     let quant = root.join("gptq");
     copy_dir(&fixture("llama-tiny"), &quant);
@@ -379,8 +404,9 @@ fn bad_sources_give_clear_errors() {
     let fp8 = root.join("fp8");
     copy_dir(&fixture("llama-tiny"), &fp8);
     let data = vec![0u8; 96 * 96];
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F8_E4M3, vec![96, 96], &data)
-        .unwrap();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F8_E4M3, vec![96, 96], &data)
+            .unwrap();
     safetensors::tensor::serialize_to_file(
         [("model.layers.0.self_attn.q_proj.weight", view)],
         None,
@@ -401,20 +427,32 @@ fn damaged_native_checkpoints_are_refused() {
     let device = Device::flex();
     let root = scratch("damaged");
     let native = root.join("native");
-    import_hf(&fixture("olmoe-tiny"), &native, &ImportOptions::default(), &device).unwrap();
+    import_hf(
+        &fixture("olmoe-tiny"),
+        &native,
+        &ImportOptions::default(),
+        &device,
+    )
+    .unwrap();
     verify(&native).unwrap();
     let config = native.join("generation_config.json");
     let mut bytes = std::fs::read(&config).unwrap();
     bytes[0] ^= 0x20;
     std::fs::write(&config, &bytes).unwrap();
     let msg = verify(&native).unwrap_err().to_string();
-    assert!(msg.contains("generation_config.json") && msg.contains("sha256"), "{msg}");
+    assert!(
+        msg.contains("generation_config.json") && msg.contains("sha256"),
+        "{msg}"
+    );
 
     let weights = native.join("model.bpk");
     let bytes = std::fs::read(&weights).unwrap();
     std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
     let msg = load(&native, &device).unwrap_err().to_string();
-    assert!(msg.contains("model.bpk") && msg.contains("truncated"), "{msg}");
+    assert!(
+        msg.contains("model.bpk") && msg.contains("truncated"),
+        "{msg}"
+    );
 }
 
 /// Upcycling the dense Llama fixture: a Mixtral whose experts copy the dense MLP computes the
@@ -442,12 +480,30 @@ fn upcycled_llama_matches_the_dense_model() {
     let Ffn::Dense(mlp) = &dense.model.layers[0].mlp else {
         panic!("dense layer 0 is not dense")
     };
-    let router = block.gate.weight.val().into_data().try_into_vec_as::<f32>().unwrap();
+    let router = block
+        .gate
+        .weight
+        .val()
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .unwrap();
     let std = (router.iter().map(|x| x * x).sum::<f32>() / router.len() as f32).sqrt();
     assert!((0.01..0.04).contains(&std), "router std {std}");
-    let want = mlp.up_proj.weight.val().into_data().try_into_vec_as::<f32>().unwrap();
+    let want = mlp
+        .up_proj
+        .weight
+        .val()
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .unwrap();
     for e in &block.experts {
-        let got = e.up_proj.weight.val().into_data().try_into_vec_as::<f32>().unwrap();
+        let got = e
+            .up_proj
+            .weight
+            .val()
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .unwrap();
         assert_eq!(got, want);
     }
     let reference = logits(&dense.model, &device);
@@ -489,10 +545,16 @@ fn inspect_reports_the_checkpoint() {
     let m = r.model.as_ref().unwrap();
     assert_eq!(m.family, "qwen2_moe");
     let e = m.experts.as_ref().unwrap();
-    assert_eq!((e.num_experts, e.top_k, e.shared_intermediate), (5, 2, Some(48)));
+    assert_eq!(
+        (e.num_experts, e.top_k, e.shared_intermediate),
+        (5, 2, Some(48))
+    );
     assert_eq!(r.dtypes.get("F32"), Some(&73));
     let text = r.to_string();
-    assert!(text.contains("model.layers.0.mlp.shared_expert_gate.weight"), "{text}");
+    assert!(
+        text.contains("model.layers.0.mlp.shared_expert_gate.weight"),
+        "{text}"
+    );
     let r = inspect(&fixture("mixtral-tiny-bf16").join("model.safetensors")).unwrap();
     assert_eq!(r.format, "safetensors-file");
     assert_eq!(r.dtypes.keys().collect::<Vec<_>>(), vec!["BF16"]);

@@ -226,7 +226,10 @@ fn run_upcycle(args: UpcycleArgs) -> Result<()> {
     };
     for path in std::iter::once(&out).chain(args.hf_out.as_ref()) {
         if !args.force && path.symlink_metadata().is_ok() {
-            bail!("{} already exists; pass --force to replace it", path.display());
+            bail!(
+                "{} already exists; pass --force to replace it",
+                path.display()
+            );
         }
     }
     let start = Instant::now();
@@ -290,7 +293,8 @@ fn run_upcycle(args: UpcycleArgs) -> Result<()> {
 }
 
 fn run_inspect(args: InspectArgs) -> Result<()> {
-    let report = inspect(&args.path).with_context(|| format!("inspecting {}", args.path.display()))?;
+    let report =
+        inspect(&args.path).with_context(|| format!("inspecting {}", args.path.display()))?;
     let verified = if args.verify {
         if report.manifest.is_none() {
             bail!(
@@ -328,14 +332,21 @@ const DEFAULT_PROMPTS: [&str; 4] = [
 
 /// Token ids of `prompt`: the tokenizer's when there is one, else UTF-8 bytes folded into the
 /// vocabulary (enough to compare two models on the same input).
-fn encode(tokenizer: Option<&tokenizers::Tokenizer>, prompt: &str, vocab: usize) -> Result<Vec<u32>> {
+fn encode(
+    tokenizer: Option<&tokenizers::Tokenizer>,
+    prompt: &str,
+    vocab: usize,
+) -> Result<Vec<u32>> {
     let ids = match tokenizer {
         Some(t) => t
             .encode(prompt, false)
             .map_err(|e| anyhow::anyhow!("tokenizing {prompt:?}: {e}"))?
             .get_ids()
             .to_vec(),
-        None => prompt.bytes().map(|b| u32::from(b) % vocab as u32).collect(),
+        None => prompt
+            .bytes()
+            .map(|b| u32::from(b) % vocab as u32)
+            .collect(),
     };
     if ids.is_empty() {
         bail!("prompt {prompt:?} encodes to no tokens");
@@ -395,13 +406,22 @@ fn run_compare(args: CompareArgs) -> Result<()> {
             .iter()
             .zip(&lb)
             .map(|(x, y)| (x - y).abs())
-            .fold(0f32, |m, d| if d.is_nan() || m.is_nan() { f32::NAN } else { m.max(d) });
+            .fold(0f32, |m, d| {
+                if d.is_nan() || m.is_nan() {
+                    f32::NAN
+                } else {
+                    m.max(d)
+                }
+            });
         let argmax = |v: &[f32]| -> Vec<usize> {
             v.chunks(vocab)
                 .map(|row| {
                     row.iter()
                         .enumerate()
-                        .fold((0, f32::MIN), |best, (i, &x)| if x > best.1 { (i, x) } else { best })
+                        .fold(
+                            (0, f32::MIN),
+                            |best, (i, &x)| if x > best.1 { (i, x) } else { best },
+                        )
                         .0
                 })
                 .collect()
@@ -410,7 +430,11 @@ fn run_compare(args: CompareArgs) -> Result<()> {
         let same = ta.iter().zip(&tb).filter(|(x, y)| x == y).count();
         agree += same;
         positions += ta.len();
-        worst = if diff.is_nan() { f32::NAN } else { worst.max(diff) };
+        worst = if diff.is_nan() {
+            f32::NAN
+        } else {
+            worst.max(diff)
+        };
         rows.push(json!({
             "prompt": p,
             "tokens": ids.len(),

@@ -69,12 +69,24 @@ fn import_export_compare_inspect() {
         &["already exists", "--force"],
     );
     let r = ok_json(&[
-        "convert", "import", "--hf", s(&src), "--out", s(&native), "--dtype", "bf16", "--force",
+        "convert",
+        "import",
+        "--hf",
+        s(&src),
+        "--out",
+        s(&native),
+        "--dtype",
+        "bf16",
+        "--force",
     ]);
     assert_eq!(r["dtype"], "bf16");
 
     let out = seqtopk(&["convert", "inspect", s(&native), "--verify"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     for needle in ["native", "qwen2_moe", "5 routed, top-2", "bf16", "verified"] {
         assert!(text.contains(needle), "inspect lacks {needle:?}:\n{text}");
@@ -90,11 +102,24 @@ fn import_export_compare_inspect() {
 
     let hf = root.join("hf");
     let r = ok_json(&[
-        "convert", "export", "--checkpoint", s(&native), "--hf-out", s(&hf), "--fused",
+        "convert",
+        "export",
+        "--checkpoint",
+        s(&native),
+        "--hf-out",
+        s(&hf),
+        "--fused",
     ]);
     assert_eq!(r["layout"], "fused");
     let r = ok_json(&[
-        "convert", "compare", s(&native), s(&hf), "--prompt", "hello", "--max-diff", "0",
+        "convert",
+        "compare",
+        s(&native),
+        s(&hf),
+        "--prompt",
+        "hello",
+        "--max-diff",
+        "0",
     ]);
     assert_eq!(r["max_abs_diff"], 0.0);
     assert_eq!(r["argmax_agreement"], 1.0);
@@ -113,8 +138,18 @@ fn upcycle_llama_fixture() {
     let out = root.join("moe");
     let hf = root.join("moe-hf");
     let r = ok_json(&[
-        "convert", "upcycle", "--hf", s(&dense), "--experts", "4", "--top-k", "2", "--out", s(&out),
-        "--hf-out", s(&hf),
+        "convert",
+        "upcycle",
+        "--hf",
+        s(&dense),
+        "--experts",
+        "4",
+        "--top-k",
+        "2",
+        "--out",
+        s(&out),
+        "--hf-out",
+        s(&hf),
     ]);
     assert_eq!(r["experts"], 4);
     assert!(r["parameter_count"].as_u64().unwrap() > r["dense_parameter_count"].as_u64().unwrap());
@@ -122,13 +157,28 @@ fn upcycle_llama_fixture() {
     assert_eq!(report["model"]["family"], "mixtral");
     assert_eq!(report["model"]["experts"]["top_k"], 2);
     for moe in [&out, &hf] {
-        let r = ok_json(&["convert", "compare", s(&dense), s(moe), "--max-diff", "1e-4"]);
+        let r = ok_json(&[
+            "convert",
+            "compare",
+            s(&dense),
+            s(moe),
+            "--max-diff",
+            "1e-4",
+        ]);
         assert_eq!(r["argmax_agreement"], 1.0);
     }
     fails_with(
         &[
-            "convert", "upcycle", "--hf", s(&fixture("mixtral-tiny")), "--experts", "4", "--top-k",
-            "2", "--out", s(&root.join("no")),
+            "convert",
+            "upcycle",
+            "--hf",
+            s(&fixture("mixtral-tiny")),
+            "--experts",
+            "4",
+            "--top-k",
+            "2",
+            "--out",
+            s(&root.join("no")),
         ],
         &["dense llama", "mixtral"],
     );
@@ -160,7 +210,14 @@ fn refusals() {
         &["model.safetensors"],
     );
     fails_with(
-        &["convert", "export", "--checkpoint", s(&root.join("nope")), "--hf-out", s(&out)],
+        &[
+            "convert",
+            "export",
+            "--checkpoint",
+            s(&root.join("nope")),
+            "--hf-out",
+            s(&out),
+        ],
         &["not a directory"],
     );
     assert!(!out.exists());
