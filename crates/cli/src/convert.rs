@@ -3,6 +3,7 @@
 //! Results go to stdout as one JSON object (logs to stderr); `inspect` prints a readable summary
 //! unless `--json`.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -315,11 +316,21 @@ fn run_inspect(args: InspectArgs) -> Result<()> {
         }
         print(value)
     } else {
-        print!("{report}");
+        let mut text = report.to_string();
         if let Some(n) = verified {
-            println!("verified:   sha256 of {n} files matches the manifest");
+            text.push_str(&format!(
+                "verified:   sha256 of {n} files matches the manifest\n"
+            ));
         }
-        Ok(())
+        // A closed pipe (`| head`) ends the listing quietly instead of panicking in `print!`.
+        let mut stdout = std::io::stdout().lock();
+        match stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush())
+        {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+            _ => Ok(()),
+        }
     }
 }
 
