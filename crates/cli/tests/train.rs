@@ -51,7 +51,9 @@ fn small_run(out: &Path, steps: u64, extra: &[&str]) -> Vec<String> {
 
 fn seqtopk(args: &[String]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_seqtopk"));
-    cmd.current_dir(repo_root()).args(args).env("RUST_LOG", "info");
+    cmd.current_dir(repo_root())
+        .args(args)
+        .env("RUST_LOG", "info");
     cmd
 }
 
@@ -98,7 +100,11 @@ fn checkpoint(out: &Path, step: u64) -> PathBuf {
 #[test]
 fn tiny_recipe_loss_falls_and_tensorboard_holds_the_metrics() {
     let out = scratch("falls");
-    let res = run(&small_run(&out, 40, &["train.log_every=1", "train.eval_every=20"]));
+    let res = run(&small_run(
+        &out,
+        40,
+        &["train.log_every=1", "train.eval_every=20"],
+    ));
     assert!(res.status.success(), "{}", text(&res));
     let files = seqtopk_tensorboard::event_files(&out.join("tensorboard")).unwrap();
     assert_eq!(files.len(), 1, "{files:?}");
@@ -108,7 +114,10 @@ fn tiny_recipe_loss_falls_and_tensorboard_holds_the_metrics() {
     assert_eq!(lm.len(), 40);
     let first: f64 = lm[..3].iter().map(|p| p.1).sum::<f64>() / 3.0;
     let last: f64 = lm[lm.len() - 3..].iter().map(|p| p.1).sum::<f64>() / 3.0;
-    assert!(first > 10.0, "a fresh model starts near ln(50304) = 10.8, got {first}");
+    assert!(
+        first > 10.0,
+        "a fresh model starts near ln(50304) = 10.8, got {first}"
+    );
     assert!(last < first - 2.0, "loss did not fall: {first} -> {last}");
     for tag in [
         "train/loss",
@@ -123,7 +132,11 @@ fn tiny_recipe_loss_falls_and_tensorboard_holds_the_metrics() {
         "router/layer0/load_imbalance_max_over_mean",
         "router/layer0/dead_experts",
     ] {
-        assert!(scalars.contains_key(tag), "missing {tag}: {:?}", scalars.keys());
+        assert!(
+            scalars.contains_key(tag),
+            "missing {tag}: {:?}",
+            scalars.keys()
+        );
     }
     // SeqTopK with K = 2: the mean stays at the budget, the spread is not zero.
     let mean = scalars["router/layer0/experts_per_token_mean"][0].1;
@@ -165,13 +178,20 @@ fn malformed_recipes_name_the_field() {
         let res = run(&small_run(&out, 5, &[set]));
         assert!(!res.status.success(), "{set} was accepted");
         let err = text(&res);
-        assert!(err.contains(needle), "{set}: error does not name `{needle}`: {err}");
+        assert!(
+            err.contains(needle),
+            "{set}: error does not name `{needle}`: {err}"
+        );
         assert!(!err.contains("panicked"), "{err}");
     }
     let dir = scratch("bad-file");
     let recipe = dir.join("broken.toml");
     std::fs::write(&recipe, "name = \"x\"\n[train\nsteps = 3\n").unwrap();
-    let res = run(&["train".into(), "--recipe".into(), recipe.display().to_string()]);
+    let res = run(&[
+        "train".into(),
+        "--recipe".into(),
+        recipe.display().to_string(),
+    ]);
     assert!(!res.status.success());
     assert!(text(&res).contains("broken.toml"), "{}", text(&res));
 }
@@ -182,11 +202,15 @@ fn missing_checkpoint_is_a_clear_error() {
     let res = run(&small_run(
         &out,
         5,
-        &["model.config={}", "model.checkpoint=\"checkpoints/does-not-exist\""],
+        &[
+            "model.config={}",
+            "model.checkpoint=\"checkpoints/does-not-exist\"",
+        ],
     ));
     // `model.config={}` plus a checkpoint is refused as ambiguous; drop the config instead.
     assert!(!res.status.success());
-    let recipe = std::fs::read_to_string(repo_root().join("recipes/tiny-seqtopk-math.toml")).unwrap();
+    let recipe =
+        std::fs::read_to_string(repo_root().join("recipes/tiny-seqtopk-math.toml")).unwrap();
     let start = recipe.find("[model.config]").unwrap();
     let end = recipe[start..].find("\n\n").unwrap() + start;
     let edited = format!(
@@ -245,7 +269,10 @@ fn killed_and_interrupted_runs_resume_bit_identically() {
     let res = run(&args);
     assert!(res.status.success(), "{}", text(&res));
     assert!(text(&res).contains("resumed"), "{}", text(&res));
-    assert!(expected == weights(&checkpoint(&killed, steps)), "killed + resumed run differs");
+    assert!(
+        expected == weights(&checkpoint(&killed, steps)),
+        "killed + resumed run differs"
+    );
 
     // Ctrl-C (SIGINT): saves a checkpoint, exits 130, resumes to the same weights.
     let interrupted = scratch("sigint");
@@ -262,12 +289,19 @@ fn killed_and_interrupted_runs_resume_bit_identically() {
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", text(&out));
-    assert!(text(&out).contains("continue with --resume"), "{}", text(&out));
+    assert!(
+        text(&out).contains("continue with --resume"),
+        "{}",
+        text(&out)
+    );
     let mut args = small_run(&interrupted, steps, &cadence);
     args.push("--resume".into());
     let res = run(&args);
     assert!(res.status.success(), "{}", text(&res));
-    assert!(expected == weights(&checkpoint(&interrupted, steps)), "interrupted + resumed run differs");
+    assert!(
+        expected == weights(&checkpoint(&interrupted, steps)),
+        "interrupted + resumed run differs"
+    );
 
     // A second run into the same output without --resume is refused, not overwritten.
     let res = run(&small_run(&reference, steps, &cadence));

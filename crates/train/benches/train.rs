@@ -39,12 +39,25 @@ fn main() {
             let out = cmd.output().unwrap();
             let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
             if !out.status.success() {
-                eprintln!("{case}/{mode} failed: {}", String::from_utf8_lossy(&out.stderr));
+                eprintln!(
+                    "{case}/{mode} failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
                 continue;
             }
-            let fields: Vec<f64> = line.split_whitespace().map(|f| f.parse().unwrap()).collect();
+            let fields: Vec<f64> = line
+                .split_whitespace()
+                .map(|f| f.parse().unwrap())
+                .collect();
             let (tps, sps, peak) = (fields[0], fields[1], fields[2]);
-            println!("{:<34} {:>8} {:>12.0} {:>12.3} {:>10.0}", label(case), mode, tps, sps, peak);
+            println!(
+                "{:<34} {:>8} {:>12.0} {:>12.3} {:>10.0}",
+                label(case),
+                mode,
+                tps,
+                sps,
+                peak
+            );
             rates.push(tps);
         }
         if let [topk, seqtopk] = rates[..] {
@@ -72,7 +85,10 @@ fn run_case(case: &str, quick: bool) {
 
 fn tiny(mode: &str, quick: bool) -> (f64, f64) {
     let steps = if quick { 3 } else { 10 };
-    let overrides = vec![format!("router.mode=\"{mode}\""), format!("train.steps={}", steps + 1)];
+    let overrides = vec![
+        format!("router.mode=\"{mode}\""),
+        format!("train.steps={}", steps + 1),
+    ];
     let recipe = Recipe::parse(DEFAULT_RECIPE, "default", &overrides).unwrap();
     let mut trainer = Trainer::new(recipe).unwrap();
     trainer.step_once().unwrap(); // warm-up
@@ -97,7 +113,11 @@ fn olmoe_layer(mode: &str, quick: bool) -> (f64, f64) {
     let config = MoeTransformerConfig::from_json_str(&config.to_string(), "bench").unwrap();
     let device = Device::flex().autodiff();
     let mut model = MoeTransformer::init(&config, 0, &device).unwrap();
-    let mode = if mode == "topk" { RoutingMode::Topk } else { RoutingMode::Seqtopk };
+    let mode = if mode == "topk" {
+        RoutingMode::Topk
+    } else {
+        RoutingMode::Seqtopk
+    };
     model.set_routing(&RouterConfig::new(mode, 8)).unwrap();
     let ids: Vec<u32> = (0..t).map(|i| (i * 7919 % 1024) as u32).collect();
     let layout = TokenLayout::dense(1, t);

@@ -129,7 +129,12 @@ impl<'a> GradientTools<'a> {
     /// Drops the gradients of `frozen` parameters so the optimiser leaves them (and their
     /// weight decay) untouched.
     pub fn drop_frozen(&self, grads: &mut GradientsParams, frozen: &[ParamId]) {
-        for e in self.paths.entries().iter().filter(|e| frozen.contains(&e.id)) {
+        for e in self
+            .paths
+            .entries()
+            .iter()
+            .filter(|e| frozen.contains(&e.id))
+        {
             with_rank!(e.rank, D => {
                 let _ = grads.remove::<D>(e.id);
             });
@@ -173,7 +178,10 @@ mod tests {
 
     #[test]
     fn paths_name_modules_and_prefixes_match_whole_segments() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../checkpoints/fixtures/olmoe-tiny");
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../checkpoints/fixtures/olmoe-tiny"
+        );
         let config = MoeTransformerConfig::from_file(format!("{dir}/config.json")).unwrap();
         let model = MoeTransformer::init(&config, 0, &Device::flex()).unwrap();
         let paths = ParamPaths::of(&model);
@@ -184,6 +192,9 @@ mod tests {
         let attn = paths.matching(&["layers.0.self_attn".into()]);
         assert!(!attn.is_empty());
         assert!(paths.matching(&["layers.0.self_at".into()]).is_empty());
-        assert_eq!(paths.unmatched(&["layers.9".into(), "norm".into()]), vec!["layers.9"]);
+        assert_eq!(
+            paths.unmatched(&["layers.9".into(), "norm".into()]),
+            vec!["layers.9"]
+        );
     }
 }

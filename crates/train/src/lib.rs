@@ -16,11 +16,11 @@ mod trainer;
 
 pub use error::TrainError;
 pub use gradients::{GradientTools, ParamEntry, ParamPaths};
+pub use metrics::{LayerRouting, StepMetrics};
 pub use recipe::{
     BatchSection, DEFAULT_RECIPE, DEFAULT_RECIPE_NAME, ModelSection, OptimizerSection, Precision,
     Recipe, ScheduleKind, ScheduleSection, TrainSection,
 };
 pub use resume::{CheckpointInfo, latest_checkpoint};
 pub use schedule::LrSchedule;
-pub use metrics::{LayerRouting, StepMetrics};
 pub use trainer::{Budget, RunOutcome, Trainer, TrainerOptions};

@@ -45,7 +45,11 @@ impl LayerRouting {
                 .filter(|(_, v)| **v)
                 .map(|(&c, _)| c),
         );
-        for (total, &c) in self.tokens_per_expert.iter_mut().zip(&stats.tokens_per_expert) {
+        for (total, &c) in self
+            .tokens_per_expert
+            .iter_mut()
+            .zip(&stats.tokens_per_expert)
+        {
             *total += u64::from(c);
         }
     }
@@ -53,7 +57,12 @@ impl LayerRouting {
     /// Mean and standard deviation of experts per token.
     pub fn mean_std(&self) -> (f64, f64) {
         let n = self.experts_per_token.len().max(1) as f64;
-        let mean = self.experts_per_token.iter().map(|&c| f64::from(c)).sum::<f64>() / n;
+        let mean = self
+            .experts_per_token
+            .iter()
+            .map(|&c| f64::from(c))
+            .sum::<f64>()
+            / n;
         let var = self
             .experts_per_token
             .iter()
@@ -157,19 +166,40 @@ impl Monitor {
         ok(failed, w.add_scalar("train/lr", s, m.lr));
         ok(failed, w.add_scalar("train/grad_norm", s, m.grad_norm));
         if m.seconds > 0.0 {
-            ok(failed, w.add_scalar("train/tokens_per_s", s, m.tokens as f64 / m.seconds));
+            ok(
+                failed,
+                w.add_scalar("train/tokens_per_s", s, m.tokens as f64 / m.seconds),
+            );
         }
         for r in &m.routing {
             let p = format!("router/layer{}", r.layer);
             let (mean, std) = r.mean_std();
             let (floor, cap) = r.floor_cap_fractions();
             let (imbalance, dead) = r.imbalance_and_dead();
-            ok(failed, w.add_scalar(&format!("{p}/experts_per_token_mean"), s, mean));
-            ok(failed, w.add_scalar(&format!("{p}/experts_per_token_std"), s, std));
-            ok(failed, w.add_scalar(&format!("{p}/fraction_at_floor"), s, floor));
-            ok(failed, w.add_scalar(&format!("{p}/fraction_at_cap"), s, cap));
-            ok(failed, w.add_scalar(&format!("{p}/load_imbalance_max_over_mean"), s, imbalance));
-            ok(failed, w.add_scalar(&format!("{p}/dead_experts"), s, dead as f64));
+            ok(
+                failed,
+                w.add_scalar(&format!("{p}/experts_per_token_mean"), s, mean),
+            );
+            ok(
+                failed,
+                w.add_scalar(&format!("{p}/experts_per_token_std"), s, std),
+            );
+            ok(
+                failed,
+                w.add_scalar(&format!("{p}/fraction_at_floor"), s, floor),
+            );
+            ok(
+                failed,
+                w.add_scalar(&format!("{p}/fraction_at_cap"), s, cap),
+            );
+            ok(
+                failed,
+                w.add_scalar(&format!("{p}/load_imbalance_max_over_mean"), s, imbalance),
+            );
+            ok(
+                failed,
+                w.add_scalar(&format!("{p}/dead_experts"), s, dead as f64),
+            );
             // Integer x-axes, one bucket per value: experts given to a token (height = tokens), and
             // expert index (height = tokens routed to that expert).
             let counts = histogram(r.experts_per_token.iter().map(|&c| c as usize), r.cap);
@@ -187,12 +217,20 @@ impl Monitor {
     pub fn eval(&mut self, step: u64, per_domain: &[(String, f64, usize)]) {
         let (mut sum, mut n) = (0.0, 0usize);
         for (domain, loss, tokens) in per_domain {
-            ok(&mut self.failed, self.writer.add_scalar(&format!("eval/loss/{domain}"), step as i64, *loss));
+            ok(
+                &mut self.failed,
+                self.writer
+                    .add_scalar(&format!("eval/loss/{domain}"), step as i64, *loss),
+            );
             sum += loss * *tokens as f64;
             n += tokens;
         }
         if n > 0 {
-            ok(&mut self.failed, self.writer.add_scalar("eval/loss/all", step as i64, sum / n as f64));
+            ok(
+                &mut self.failed,
+                self.writer
+                    .add_scalar("eval/loss/all", step as i64, sum / n as f64),
+            );
         }
     }
 

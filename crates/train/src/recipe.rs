@@ -6,10 +6,10 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use seqtopk_backend::Backend;
 use seqtopk_data::DataConfig;
 use seqtopk_router::RouterConfig;
+use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 
@@ -297,15 +297,23 @@ impl Recipe {
             _ => {}
         }
         if !(o.lr.is_finite() && o.lr > 0.0) {
-            return Err(format!("optimizer.lr: expected a finite value > 0, got {}", o.lr));
+            return Err(format!(
+                "optimizer.lr: expected a finite value > 0, got {}",
+                o.lr
+            ));
         }
         for (i, b) in o.betas.iter().enumerate() {
             if !(0.0..1.0).contains(b) {
-                return Err(format!("optimizer.betas[{i}]: expected a value in [0, 1), got {b}"));
+                return Err(format!(
+                    "optimizer.betas[{i}]: expected a value in [0, 1), got {b}"
+                ));
             }
         }
         if !(o.eps.is_finite() && o.eps > 0.0) {
-            return Err(format!("optimizer.eps: expected a value > 0, got {}", o.eps));
+            return Err(format!(
+                "optimizer.eps: expected a value > 0, got {}",
+                o.eps
+            ));
         }
         if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
             return Err(format!(

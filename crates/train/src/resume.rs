@@ -5,8 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use seqtopk_data::PipelineState;
+use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 

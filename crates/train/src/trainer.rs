@@ -17,12 +17,12 @@ use seqtopk_data::{Batch, Pipeline};
 use seqtopk_model::{MoeTransformer, MoeTransformerConfig};
 use seqtopk_router::{LbConvention, TokenLayout, load_balancing_loss, z_loss};
 
+use crate::TrainError;
 use crate::gradients::{GradientTools, ParamPaths};
 use crate::metrics::{LayerRouting, Monitor, StepMetrics};
 use crate::recipe::Recipe;
 use crate::resume::{self, MODEL_FILE, OPTIMIZER_FILE, RECIPE_FILE, STATE_FILE, TrainerState};
 use crate::schedule::LrSchedule;
-use crate::TrainError;
 
 /// How a run is driven (not part of the recipe: it does not change the result).
 #[derive(Debug, Clone, Default)]
@@ -202,8 +202,7 @@ impl Trainer {
                     .model
                     .router()
                     .map_or(moe.num_experts_per_tok, |r| r.config().top_k);
-                params_total
-                    - moe_layers * moe.num_experts.saturating_sub(k) * per_expert
+                params_total - moe_layers * moe.num_experts.saturating_sub(k) * per_expert
             }
             None => params_total,
         };
@@ -449,7 +448,10 @@ impl Trainer {
     /// `convert export` read).
     pub fn export(&self, out: &Path) -> Result<PathBuf, TrainError> {
         let options = seqtopk_checkpoint::SaveOptions {
-            source: format!("seqtopk train, recipe `{}`, step {}", self.recipe.name, self.step),
+            source: format!(
+                "seqtopk train, recipe `{}`, step {}",
+                self.recipe.name, self.step
+            ),
             force: true,
             ..Default::default()
         };
@@ -521,7 +523,13 @@ impl Trainer {
                 monitor.eval(self.step, &eval);
                 for (domain, loss, n) in &eval {
                     bar.suspend(|| {
-                        tracing::info!(step = self.step, domain, loss = format!("{loss:.4}"), tokens = n, "eval")
+                        tracing::info!(
+                            step = self.step,
+                            domain,
+                            loss = format!("{loss:.4}"),
+                            tokens = n,
+                            "eval"
+                        )
                     });
                 }
             }
@@ -594,8 +602,8 @@ fn build_model(
 ) -> Result<(MoeTransformer, serde_json::Value, Option<PathBuf>), TrainError> {
     let tokenizer_dir = recipe.data.tokenizer.parent().map(Path::to_path_buf);
     if let Some(dir) = &recipe.model.checkpoint {
-        let loaded = seqtopk_checkpoint::load(dir, device)
-            .map_err(|e| TrainError::Model(e.to_string()))?;
+        let loaded =
+            seqtopk_checkpoint::load(dir, device).map_err(|e| TrainError::Model(e.to_string()))?;
         let tokenizer_dir = loaded
             .tokenizer
             .as_deref()
@@ -609,10 +617,12 @@ fn build_model(
         origin: "model.config".into(),
         message: e.to_string(),
     })?;
-    let config = MoeTransformerConfig::from_json_str(&json.to_string(), "[model.config]")
-        .map_err(|e| TrainError::Recipe {
-            origin: "model.config".into(),
-            message: e.to_string(),
+    let config =
+        MoeTransformerConfig::from_json_str(&json.to_string(), "[model.config]").map_err(|e| {
+            TrainError::Recipe {
+                origin: "model.config".into(),
+                message: e.to_string(),
+            }
         })?;
     let model = MoeTransformer::init(&config, recipe.seed, device)
         .map_err(|e| TrainError::Model(e.to_string()))?;
@@ -635,7 +645,10 @@ fn masked_ce(logits: Tensor<3>, targets: &[i32], device: &Device) -> Tensor<1> {
     let n = b * t;
     let logp = log_softmax(logits.reshape([n, v]), 1);
     let ids: Vec<i64> = targets.iter().map(|&x| i64::from(x.max(0))).collect();
-    let mask: Vec<f32> = targets.iter().map(|&x| f32::from(u8::from(x >= 0))).collect();
+    let mask: Vec<f32> = targets
+        .iter()
+        .map(|&x| f32::from(u8::from(x >= 0)))
+        .collect();
     let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [n, 1]), device);
     let mask = Tensor::<1>::from_data(TensorData::new(mask, [n]), device);
     logp.gather(1, ids).reshape([n]).neg() * mask

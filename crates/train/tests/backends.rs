@@ -4,9 +4,11 @@
 use seqtopk_backend::test_devices;
 use seqtopk_train::{DEFAULT_RECIPE, Recipe, Trainer};
 
-/// Relative tolerance between backends: f32 reductions run in different orders (and wgpu's
-/// matmul tiles differently), which moves the loss in the 5th-6th significant digit.
-const TOLERANCE: f64 = 1e-4;
+/// Relative tolerance between backends. f32 reductions run in different orders (wgpu's matmul
+/// tiles differently), and at random initialisation the router's probabilities are nearly
+/// uniform, so those last-bit differences can flip a near-tie in expert selection: measured on
+/// lavapipe, the step-1 loss differs by 1.6e-4 relative and the gradient norm by 2.6e-4.
+const TOLERANCE: f64 = 1e-3;
 
 fn losses(backend: &str) -> Vec<(f64, f64)> {
     let overrides: Vec<String> = [
@@ -41,7 +43,7 @@ fn training_steps_agree_across_backends() {
         for (step, (a, b)) in reference.iter().zip(&got).enumerate() {
             let rel = |x: f64, y: f64| (x - y).abs() / x.abs().max(1e-12);
             assert!(
-                rel(a.0, b.0) < TOLERANCE && rel(a.1, b.1) < 100.0 * TOLERANCE,
+                rel(a.0, b.0) < TOLERANCE && rel(a.1, b.1) < 10.0 * TOLERANCE,
                 "step {}: cpu (loss {}, grad norm {}) vs {name} (loss {}, grad norm {})",
                 step + 1,
                 a.0,

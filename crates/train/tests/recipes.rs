@@ -16,7 +16,10 @@ fn shipped_recipes_are_valid() {
     names.sort();
     for domain in ["math", "code", "law", "writing"] {
         for router in ["seqtopk", "topk"] {
-            assert!(names.contains(&format!("olmoe-{router}-{domain}")), "{names:?}");
+            assert!(
+                names.contains(&format!("olmoe-{router}-{domain}")),
+                "{names:?}"
+            );
         }
     }
     assert!(names.contains(&"tiny-seqtopk-math".to_string()));
