@@ -502,7 +502,7 @@ impl Trainer {
             let tokens_per_s = m.tokens as f64 / m.seconds.max(1e-9);
             bar.set_position(m.step);
             bar.set_message(format!("loss {:.4} | {:.0} tok/s", m.loss, tokens_per_s));
-            if m.step % t.log_every == 0 || m.step == 1 {
+            if m.step.is_multiple_of(t.log_every) || m.step == 1 {
                 monitor.step(&m);
                 bar.suspend(|| {
                     tracing::info!(
@@ -518,7 +518,7 @@ impl Trainer {
                 });
             }
             let last = self.step == self.total_steps;
-            if (t.eval_every > 0 && self.step % t.eval_every == 0) || last {
+            if (t.eval_every > 0 && self.step.is_multiple_of(t.eval_every)) || last {
                 let eval = self.evaluate()?;
                 monitor.eval(self.step, &eval);
                 for (domain, loss, n) in &eval {
@@ -537,7 +537,7 @@ impl Trainer {
                 .interrupt
                 .as_ref()
                 .is_some_and(|f| f.load(Ordering::SeqCst));
-            if (t.checkpoint_every > 0 && self.step % t.checkpoint_every == 0)
+            if (t.checkpoint_every > 0 && self.step.is_multiple_of(t.checkpoint_every))
                 || last
                 || interrupted
             {
