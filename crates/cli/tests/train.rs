@@ -334,3 +334,41 @@ fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
     assert!(!out.join("final").exists());
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+#[test]
+fn two_replicas_train_exactly_as_accumulation_on_one_device() {
+    let steps = 3;
+    let single = scratch("dp-single");
+    let res = run(&small_run(&single, steps, &["batch.grad_accum_steps=2"]));
+    assert!(res.status.success(), "{}", text(&res));
+    let parallel = scratch("dp-two");
+    let res = run(&small_run(&parallel, steps, &["devices=[0, 1]"]));
+    assert!(res.status.success(), "{}", text(&res));
+    // The same micro-batches, the same per-replica gradients, summed in the same order.
+    assert!(
+        weights(&checkpoint(&single, steps)) == weights(&checkpoint(&parallel, steps)),
+        "two replicas with one micro-batch each must equal one device accumulating two"
+    );
+    let dry = run(&[
+        "train".into(),
+        "--dry-run".into(),
+        "--set".into(),
+        "devices=[0, 1]".into(),
+    ]);
+    assert!(dry.status.success(), "{}", text(&dry));
+    assert!(
+        text(&dry).contains("tokens_per_step = 1024"),
+        "4 rows × 128 tokens × 2 replicas: {}",
+        text(&dry)
+    );
+    let dup = run(&small_run(&scratch("dp-dup"), 1, &["devices=[0, 0]"]));
+    assert!(!dup.status.success());
+    assert!(
+        text(&dup).contains("devices: index 0 appears more than once"),
+        "{}",
+        text(&dup)
+    );
+    for dir in [single, parallel] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

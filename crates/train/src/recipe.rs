@@ -30,7 +30,9 @@ pub struct Recipe {
     /// Backend: cpu, wgpu or cuda (must be compiled in).
     #[serde(default)]
     pub backend: Backend,
-    /// Device indices; more than one trains data-parallel with Burn's multi-device optimiser step.
+    /// Device indices; more than one trains data-parallel: one model replica per device, each
+    /// running its share of the micro-batches, gradients summed on the first. On the CPU the
+    /// index is ignored and every replica runs on the host (this exercises the same path).
     #[serde(default = "default_devices")]
     pub devices: Vec<usize>,
     /// Where checkpoints and the final export go (default `runs/<name>`).
@@ -193,7 +195,7 @@ pub struct TrainSection {
     /// Held-out evaluation every N steps (0: only at the end).
     #[serde(default)]
     pub eval_every: u64,
-    /// Validation batches per evaluation.
+    /// Validation batches per domain and evaluation (every domain gets its own loss).
     #[serde(default = "default_eval_batches")]
     pub eval_batches: usize,
     /// Checkpoint every N steps (0: only at the end).
@@ -284,6 +286,14 @@ impl Recipe {
         }
         if self.devices.is_empty() {
             return Err("devices: expected at least one device index".into());
+        }
+        if let Some(d) = self
+            .devices
+            .iter()
+            .enumerate()
+            .find_map(|(i, d)| self.devices[..i].contains(d).then_some(d))
+        {
+            return Err(format!("devices: index {d} appears more than once"));
         }
         match (&self.model.checkpoint, &self.model.config) {
             (Some(_), Some(_)) => {

@@ -15,7 +15,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use seqtopk_data::{Batch, Pipeline};
 use seqtopk_model::{MoeTransformer, MoeTransformerConfig};
-use seqtopk_router::{LbConvention, TokenLayout, load_balancing_loss, z_loss};
+use seqtopk_router::{LbConvention, RoutingStats, TokenLayout, load_balancing_loss, z_loss};
 
 use crate::TrainError;
 use crate::gradients::{GradientTools, ParamPaths};
@@ -74,7 +74,10 @@ pub enum RunOutcome {
 /// A training run in progress.
 pub struct Trainer {
     recipe: Recipe,
+    /// The primary device: it holds the model and the optimiser state.
     device: Device,
+    /// One device per data-parallel replica, the primary first.
+    replicas: Vec<Device>,
     model: MoeTransformer,
     optim: ModuleOptimizer,
     schedule: LrSchedule,
@@ -90,17 +93,12 @@ pub struct Trainer {
 impl Trainer {
     /// Builds the model, the data pipeline and the optimiser a recipe describes.
     pub fn new(recipe: Recipe) -> Result<Self, TrainError> {
-        if recipe.devices.len() > 1 {
-            return Err(TrainError::Recipe {
-                origin: "devices".into(),
-                message: format!(
-                    "{} devices requested, but this version trains on one device; set devices = [{}]",
-                    recipe.devices.len(),
-                    recipe.devices[0]
-                ),
-            });
-        }
-        let device = recipe.backend.device(recipe.devices[0])?.autodiff();
+        let replicas = recipe
+            .devices
+            .iter()
+            .map(|&index| Ok(recipe.backend.device(index)?.autodiff()))
+            .collect::<Result<Vec<_>, TrainError>>()?;
+        let device = replicas[0].clone();
         let pipeline = Pipeline::new(recipe.data.clone())?;
         let (mut model, hf_config, tokenizer_dir) = build_model(&recipe, &device)?;
         let vocab = model.config().vocab_size;
@@ -155,6 +153,7 @@ impl Trainer {
         Ok(Self {
             recipe,
             device,
+            replicas,
             model,
             optim,
             schedule,
@@ -298,9 +297,10 @@ impl Trainer {
         )
     }
 
-    /// One optimiser step over `micro_batches` (gradient accumulation). The loss is the mean
-    /// over all target tokens of the step (every micro-batch weighted by its tokens); load
-    /// balancing and z-loss are averaged over micro-batches.
+    /// One optimiser step over `micro_batches` (gradient accumulation; with several devices,
+    /// micro-batch `i` runs on replica `i mod devices`). The loss is the mean over all target
+    /// tokens of the step (every micro-batch weighted by its tokens); load balancing and z-loss
+    /// are averaged over micro-batches.
     pub fn train_step(&mut self, micro_batches: &[Batch]) -> Result<StepMetrics, TrainError> {
         let started = Instant::now();
         let total_targets: usize = micro_batches.iter().map(Batch::num_targets).sum();
@@ -310,45 +310,45 @@ impl Trainer {
                 self.step + 1
             )));
         }
-        let lb = self.recipe.router.as_ref().map(|r| r.load_balance.clone());
-        let z_coef = self.recipe.router.as_ref().map_or(0.0, |r| r.z_loss_coef);
-        let n_micro = micro_batches.len() as f64;
+        let router = self.recipe.router.as_ref();
+        let pass = PassWeights {
+            total_targets,
+            lb: router
+                .map(|r| &r.load_balance)
+                .filter(|lb| lb.convention != LbConvention::None && lb.coef > 0.0)
+                .map(|lb| (lb.convention, lb.coef)),
+            z_coef: router.map_or(0.0, |r| r.z_loss_coef),
+            n_micro: micro_batches.len() as f64,
+        };
+        let passes = self.replica_passes(micro_batches, &pass)?;
+        // Every replica's gradients move to the primary device (`GradientsParams::to_device`)
+        // and are summed there, so the global norm can be taken before the one optimiser step.
         let mut accumulator = GradientsAccumulator::<MoeTransformer>::new();
         let (mut lm_sum, mut lb_sum, mut z_sum, mut tokens) = (0.0, 0.0, 0.0, 0);
+        let mut per_micro: Vec<(usize, Vec<(usize, RoutingStats)>)> = Vec::new();
+        for replica in passes {
+            let grads = if self.replicas.len() > 1 {
+                replica.grads.to_device(&self.device, &self.model)
+            } else {
+                replica.grads
+            };
+            accumulator.accumulate(&self.model, grads);
+            lm_sum += replica.lm_sum;
+            lb_sum += replica.lb_sum;
+            z_sum += replica.z_sum;
+            tokens += replica.tokens;
+            per_micro.extend(replica.routing);
+        }
+        // Routing statistics in micro-batch order, whichever replica ran them.
+        per_micro.sort_by_key(|(i, _)| *i);
         let mut routing: Vec<LayerRouting> = Vec::new();
-        for batch in micro_batches {
-            let layout = layout_of(batch)?;
-            let out = self
-                .model
-                .forward(&batch.input_ids, &layout, &self.device)
-                .map_err(|e| TrainError::Model(e.to_string()))?;
-            let ce = masked_ce_sum(out.logits, &batch.targets, &self.device);
-            let mut loss = ce.div_scalar(total_targets as f64);
-            lm_sum += scalar(&loss);
-            if let Some(lb) = &lb
-                && lb.convention != LbConvention::None
-                && lb.coef > 0.0
-                && !out.router_outputs.is_empty()
-            {
-                let l = load_balancing_loss(&out.router_outputs, &layout, lb.convention)
-                    .mul_scalar(lb.coef / n_micro);
-                lb_sum += scalar(&l);
-                loss = loss + l;
-            }
-            if z_coef > 0.0 && !out.router_outputs.is_empty() {
-                let l = z_loss(&out.router_outputs, &layout).mul_scalar(z_coef / n_micro);
-                z_sum += scalar(&l);
-                loss = loss + l;
-            }
-            for (i, (r, &layer)) in out.router_outputs.iter().zip(&out.moe_layers).enumerate() {
+        for (_, layers) in &per_micro {
+            for (i, (layer, stats)) in layers.iter().enumerate() {
                 if routing.len() <= i {
-                    routing.push(LayerRouting::new(layer, &r.plan.stats));
+                    routing.push(LayerRouting::new(*layer, stats));
                 }
-                routing[i].add(&r.plan.stats);
+                routing[i].add(stats);
             }
-            tokens += batch.num_valid();
-            let grads = loss.backward();
-            accumulator.accumulate(&self.model, GradientsParams::from_grads(grads, &self.model));
         }
         let total = lm_sum + lb_sum + z_sum;
         let step = self.step + 1;
@@ -384,10 +384,46 @@ impl Trainer {
         })
     }
 
+    /// Forward and backward of every micro-batch: on the primary device alone, or on each
+    /// replica (the model forked to its device) in its own thread, as Burn's learner does.
+    fn replica_passes(
+        &self,
+        micro_batches: &[Batch],
+        pass: &PassWeights,
+    ) -> Result<Vec<ReplicaPass>, TrainError> {
+        let n = self.replicas.len();
+        if n == 1 {
+            let all: Vec<(usize, &Batch)> = micro_batches.iter().enumerate().collect();
+            return Ok(vec![replica_pass(&self.model, &all, &self.device, pass)?]);
+        }
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = self
+                .replicas
+                .iter()
+                .enumerate()
+                .map(|(r, device)| {
+                    let share: Vec<(usize, &Batch)> =
+                        micro_batches.iter().enumerate().skip(r).step_by(n).collect();
+                    let model = if r == 0 {
+                        self.model.clone()
+                    } else {
+                        self.model.clone().fork(device)
+                    };
+                    scope.spawn(move || replica_pass(&model, &share, device, pass))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .collect()
+        })
+    }
+
     /// Draws the next step's micro-batches from the data pipeline and trains on them.
     pub fn step_once(&mut self) -> Result<StepMetrics, TrainError> {
-        let mut batches = Vec::with_capacity(self.recipe.batch.grad_accum_steps);
-        for _ in 0..self.recipe.batch.grad_accum_steps {
+        let n = self.recipe.batch.grad_accum_steps * self.replicas.len();
+        let mut batches = Vec::with_capacity(n);
+        for _ in 0..n {
             batches.push(self.pipeline.next_batch()?);
         }
         self.train_step(&batches)
@@ -405,18 +441,33 @@ impl Trainer {
         }
     }
 
-    /// Held-out next-token loss per domain over the first `eval_batches` validation batches:
-    /// `(domain, mean loss, target tokens)`.
+    /// Held-out next-token loss per domain over the first `eval_batches` validation batches of
+    /// each domain: `(domain, mean loss, target tokens)`.
     pub fn evaluate(&self) -> Result<Vec<(String, f64, usize)>, TrainError> {
         let model = self.model.valid();
         let device = self.device.clone().inner();
+        let per_domain = self.recipe.train.eval_batches;
+        let domains = self.pipeline.domains();
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
         let mut sums: BTreeMap<String, (f64, usize)> = BTreeMap::new();
-        for batch in self
-            .pipeline
-            .validation_batches()
-            .take(self.recipe.train.eval_batches)
-        {
+        for batch in self.pipeline.validation_batches() {
             let batch = batch?;
+            // Validation runs source by source: a batch counts for the domains of its rows, and
+            // is scored while one of them still has batches to go.
+            let mut batch_domains: Vec<&String> =
+                batch.domains.iter().filter(|d| !d.is_empty()).collect();
+            batch_domains.sort();
+            batch_domains.dedup();
+            let done = |d: &String| seen.get(d).copied().unwrap_or(0) >= per_domain;
+            if batch_domains.iter().all(|d| done(d)) {
+                if domains.iter().all(done) {
+                    break;
+                }
+                continue;
+            }
+            for d in batch_domains {
+                *seen.entry(d.clone()).or_default() += 1;
+            }
             let layout = layout_of(&batch)?;
             let out = model
                 .forward(&batch.input_ids, &layout, &device)
@@ -579,7 +630,86 @@ fn progress_bar(enabled: bool, total: u64, position: u64) -> ProgressBar {
 }
 
 fn tokens_per_step(recipe: &Recipe) -> usize {
-    recipe.batch.micro_batch_size * recipe.batch.grad_accum_steps * recipe.data.seq_len
+    recipe.batch.micro_batch_size
+        * recipe.batch.grad_accum_steps
+        * recipe.devices.len()
+        * recipe.data.seq_len
+}
+
+/// How one micro-batch's losses are weighted within the step.
+struct PassWeights {
+    /// Target tokens of the whole step (all micro-batches, all replicas).
+    total_targets: usize,
+    /// Load-balancing convention and coefficient, when it applies.
+    lb: Option<(LbConvention, f64)>,
+    z_coef: f64,
+    /// Micro-batches of the whole step.
+    n_micro: f64,
+}
+
+/// What one replica computed for its share of the micro-batches.
+struct ReplicaPass {
+    /// Its gradients, summed over its micro-batches, on its own device.
+    grads: GradientsParams,
+    lm_sum: f64,
+    lb_sum: f64,
+    z_sum: f64,
+    tokens: usize,
+    /// Per micro-batch (by index in the step): each MoE layer's index and routing statistics.
+    routing: Vec<(usize, Vec<(usize, RoutingStats)>)>,
+}
+
+/// Forward and backward of `batches` with `model` on `device`.
+fn replica_pass(
+    model: &MoeTransformer,
+    batches: &[(usize, &Batch)],
+    device: &Device,
+    pass: &PassWeights,
+) -> Result<ReplicaPass, TrainError> {
+    let mut accumulator = GradientsAccumulator::<MoeTransformer>::new();
+    let mut out = ReplicaPass {
+        grads: GradientsParams::new(),
+        lm_sum: 0.0,
+        lb_sum: 0.0,
+        z_sum: 0.0,
+        tokens: 0,
+        routing: Vec::new(),
+    };
+    for &(index, batch) in batches {
+        let layout = layout_of(batch)?;
+        let forward = model
+            .forward(&batch.input_ids, &layout, device)
+            .map_err(|e| TrainError::Model(e.to_string()))?;
+        let ce = masked_ce_sum(forward.logits, &batch.targets, device);
+        let mut loss = ce.div_scalar(pass.total_targets as f64);
+        out.lm_sum += scalar(&loss);
+        let routed = !forward.router_outputs.is_empty();
+        if let Some((convention, coef)) = pass.lb
+            && routed
+        {
+            let l = load_balancing_loss(&forward.router_outputs, &layout, convention)
+                .mul_scalar(coef / pass.n_micro);
+            out.lb_sum += scalar(&l);
+            loss = loss + l;
+        }
+        if pass.z_coef > 0.0 && routed {
+            let l = z_loss(&forward.router_outputs, &layout).mul_scalar(pass.z_coef / pass.n_micro);
+            out.z_sum += scalar(&l);
+            loss = loss + l;
+        }
+        let stats = forward
+            .router_outputs
+            .iter()
+            .zip(&forward.moe_layers)
+            .map(|(r, &layer)| (layer, r.plan.stats.clone()))
+            .collect();
+        out.routing.push((index, stats));
+        out.tokens += batch.num_valid();
+        let grads = loss.backward();
+        accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
+    }
+    out.grads = accumulator.grads();
+    Ok(out)
 }
 
 /// Tokens of every training document (to turn `epochs` into steps).
