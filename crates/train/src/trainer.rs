@@ -402,8 +402,12 @@ impl Trainer {
                 .iter()
                 .enumerate()
                 .map(|(r, device)| {
-                    let share: Vec<(usize, &Batch)> =
-                        micro_batches.iter().enumerate().skip(r).step_by(n).collect();
+                    let share: Vec<(usize, &Batch)> = micro_batches
+                        .iter()
+                        .enumerate()
+                        .skip(r)
+                        .step_by(n)
+                        .collect();
                     let model = if r == 0 {
                         self.model.clone()
                     } else {
@@ -414,7 +418,10 @@ impl Trainer {
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
                 .collect()
         })
     }

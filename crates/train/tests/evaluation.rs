@@ -24,9 +24,11 @@ fn every_domain_gets_its_held_out_loss_from_its_own_batches() {
     assert_eq!(domains, ["math", "writing"]);
     for (domain, loss, targets) in &eval {
         assert!(loss.is_finite() && *loss > 0.0, "{domain}: {loss}");
+        // One batch per domain, plus the batch where the math rows end and the writing rows
+        // begin, which counts for both.
         assert!(
-            *targets > 0 && *targets <= rows_per_batch,
-            "{domain}: {targets} targets from one batch of {rows_per_batch} slots"
+            *targets > 0 && *targets <= 2 * rows_per_batch,
+            "{domain}: {targets} targets from at most two batches of {rows_per_batch} slots"
         );
     }
 }
