@@ -2,8 +2,8 @@
 //! we wrote (`tools/tensorboard/check_events.py`), and we must read what its writer wrote
 //! (`tools/tensorboard/write_reference.py`).
 //!
-//! Uses the venv made by `tools/tensorboard/setup-venv.sh`; when that venv does not exist (CI),
-//! each test prints a skip message and passes.
+//! Uses the venv made by `tools/tensorboard/setup-venv.sh` (`.ci/run` makes it). Without it each
+//! test prints a skip message and passes, except under CI (`CI=true`), where a missing venv fails.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -41,6 +41,11 @@ fn venv_python() -> Option<PathBuf> {
     if python.exists() {
         return Some(python);
     }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{} not found: .ci/run must create it (tools/tensorboard/setup-venv.sh)",
+        python.display()
+    );
     println!(
         "SKIP: {} not found; run tools/tensorboard/setup-venv.sh to enable this check",
         python.display()
