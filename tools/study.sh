@@ -59,4 +59,5 @@ evaluate upcycled "$BASE" topk:2
 # Each fine-tune under the router it was trained with, as the paper compares them.
 evaluate ft-topk runs/study-smollm2-topk-k2/final topk:2
 evaluate ft-seqtopk runs/study-smollm2-seqtopk-k2/final seqtopk:2
-log "tables: $OUT/*.md"
+python3 tools/study_table.py "$OUT" > "$OUT/table.md"
+log "tables: $OUT/*.md; all runs in one: $OUT/table.md"
