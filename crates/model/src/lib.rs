@@ -18,6 +18,7 @@ mod mlp;
 mod model;
 mod moe;
 mod norm;
+mod precision;
 pub mod rope;
 mod weights;
 

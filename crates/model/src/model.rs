@@ -332,6 +332,11 @@ impl MoeTransformer {
             }
         };
         let mut hidden = self.embed_tokens.forward(ids);
+        // HF casts the f32 tables to the activations' dtype before rotating.
+        let (cos, sin) = match hidden.dtype() {
+            DType::F32 => (cos, sin),
+            dtype => (cos.cast(dtype), sin.cast(dtype)),
+        };
         let mut router_outputs = Vec::new();
         let mut moe_layers = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {

@@ -3,7 +3,7 @@
 use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::activation::sigmoid;
-use burn::tensor::{IndexingUpdateOp, Tensor};
+use burn::tensor::{DType, IndexingUpdateOp, Tensor};
 use seqtopk_router::{ExpertCache, Router, RouterOutput, TokenLayout};
 
 use crate::ModelError;
@@ -79,7 +79,11 @@ impl SparseMoe {
                 .narrow(0, range.start, range.len())
                 .unsqueeze_dim::<2>(1);
             let xe = flat.clone().select(0, rows.clone());
-            let ye = expert.forward(xe) * weights.cast(flat.dtype());
+            // In f32 and rounded once, as HF does (its router weights stay f32).
+            let ye = match flat.dtype() {
+                DType::F32 => expert.forward(xe) * weights,
+                dtype => (expert.forward(xe).cast(DType::F32) * weights).cast(dtype),
+            };
             y = y.select_assign(0, rows, ye, IndexingUpdateOp::Add);
         }
         if let (Some(shared), Some(gate)) = (&self.shared_expert, &self.shared_expert_gate) {

@@ -1,0 +1,36 @@
+//! Mixed precision: a half-precision view of an f32 model for the forward pass.
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{DType, FloatDType, Tensor};
+
+use crate::MoeTransformer;
+
+/// Casts every float parameter to one dtype.
+struct CastParams(FloatDType);
+
+impl ModuleMapper for CastParams {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let dtype = self.0;
+        param.map(|t| {
+            if t.dtype() == DType::from(dtype) {
+                t
+            } else {
+                t.cast(dtype)
+            }
+        })
+    }
+}
+
+impl MoeTransformer {
+    /// The model with its float parameters cast to `dtype`, for computing in half precision
+    /// while the optimiser keeps f32 master weights (mixed precision, as PyTorch's autocast).
+    ///
+    /// The casts are ordinary tensor ops: on an autodiff device they sit in the graph, so the
+    /// gradients of a loss computed with the returned model reach `self`'s parameters in f32.
+    /// Norm statistics, attention softmax, routing and the logits stay in f32 (see
+    /// [`RmsNorm`](crate::RmsNorm), [`Attention`](crate::Attention), the router), as Hugging
+    /// Face computes them in bf16.
+    pub fn cast_for_compute(&self, dtype: FloatDType) -> MoeTransformer {
+        self.clone().map(&mut CastParams(dtype))
+    }
+}
