@@ -150,6 +150,37 @@ fn tiny_recipe_loss_falls_and_tensorboard_holds_the_metrics() {
 }
 
 #[test]
+fn f16_runs_scale_the_loss_and_log_the_scale() {
+    let out = scratch("f16");
+    let mut args = small_run(&out, 4, &["precision=\"f16\"", "train.log_every=1"]);
+    let mut dry = args.clone();
+    dry.push("--dry-run".into());
+    let res = run(&dry);
+    assert!(res.status.success(), "{}", text(&res));
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(
+        stdout.contains("[loss_scale]"),
+        "the resolved recipe shows the scaling: {stdout}"
+    );
+    args.extend(["--set".into(), "loss_scale.growth_interval=1".into()]);
+    let res = run(&args);
+    assert!(res.status.success(), "{}", text(&res));
+    let files = seqtopk_tensorboard::event_files(&out.join("tensorboard")).unwrap();
+    let events = seqtopk_tensorboard::read_events(&files[0]).unwrap();
+    let scalars = seqtopk_tensorboard::scalars(&events.events);
+    let scales: Vec<f64> = scalars["train/loss_scale"].iter().map(|p| p.1).collect();
+    assert_eq!(scales.len(), 4);
+    assert_eq!(scales[0], 65536.0, "PyTorch GradScaler's initial scale");
+    // Each step either grew the scale (finite gradients) or halved it (skipped).
+    for w in scales.windows(2) {
+        assert!(w[1] == 2.0 * w[0] || w[1] == 0.5 * w[0], "{scales:?}");
+    }
+    assert!(scalars["train/lm_loss"].iter().all(|p| p.1.is_finite()));
+    assert!(out.join("final").join("config.json").is_file());
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
 fn dry_run_prints_the_resolved_recipe_and_budget() {
     let out = scratch("dry");
     let mut args = small_run(&out, 10, &["optimizer.lr=5e-4"]);
@@ -167,8 +198,10 @@ fn dry_run_prints_the_resolved_recipe_and_budget() {
 #[test]
 fn malformed_recipes_name_the_field() {
     let out = scratch("bad");
-    let cases: [(&str, &str); 5] = [
+    let cases: [(&str, &str); 7] = [
         ("optimizer.lrr=0.1", "lrr"),
+        ("precision=\"fp8\"", "precision"),
+        ("loss_scale.init=4.0", "loss_scale"),
         ("train.steps=\"ten\"", "steps"),
         ("optimizer.lr=-1.0", "optimizer.lr"),
         ("router.mode=\"sometimes\"", "sometimes"),

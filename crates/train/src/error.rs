@@ -39,6 +39,18 @@ pub enum TrainError {
         /// Where the last good checkpoint is.
         last_good: String,
     },
+    /// f16 gradients overflowed at every loss scale down to 1; the last good checkpoint is kept.
+    #[error(
+        "gradients are not finite at step {step} even with the f16 loss scale below 1; stopped \
+         without updating the weights (precision = \"bf16\" or \"f32\" has the range f16 lacks). \
+         {last_good}"
+    )]
+    NonFiniteGradients {
+        /// Optimiser step that produced them.
+        step: u64,
+        /// Where the last good checkpoint is.
+        last_good: String,
+    },
     /// Device selection failed.
     #[error("backend: {0}")]
     Backend(#[from] seqtopk_backend::BackendError),

@@ -2,6 +2,7 @@
 //!
 //! - [`Recipe`] is the validated TOML recipe (model, router, data, optimiser, schedule, batch,
 //!   precision, cadences, backend and devices).
+//! - [`Precision`]: f32, or mixed bf16/f16 with f32 master weights ([`LossScaler`] for f16).
 //! - [`Trainer`] runs AdamW steps with gradient accumulation and global-norm clipping, evaluates
 //!   held-out loss per domain, writes exact-resume checkpoints (model, optimiser, data position,
 //!   step) under temporary names, stops on a non-finite loss, and logs to TensorBoard.
@@ -9,6 +10,7 @@
 mod error;
 mod gradients;
 mod metrics;
+mod precision;
 pub mod recipe;
 mod resume;
 mod schedule;
@@ -17,9 +19,10 @@ mod trainer;
 pub use error::TrainError;
 pub use gradients::{GradientTools, ParamEntry, ParamPaths};
 pub use metrics::{LayerRouting, StepMetrics};
+pub use precision::{LossScaleSection, LossScaler, Precision, ScaleVerdict};
 pub use recipe::{
-    BatchSection, DEFAULT_RECIPE, DEFAULT_RECIPE_NAME, ModelSection, OptimizerSection, Precision,
-    Recipe, ScheduleKind, ScheduleSection, TrainSection,
+    BatchSection, DEFAULT_RECIPE, DEFAULT_RECIPE_NAME, ModelSection, OptimizerSection, Recipe,
+    ScheduleKind, ScheduleSection, TrainSection,
 };
 pub use resume::{CheckpointInfo, latest_checkpoint};
 pub use schedule::LrSchedule;

@@ -123,6 +123,10 @@ pub struct StepMetrics {
     pub seconds: f64,
     /// Routing per MoE layer.
     pub routing: Vec<LayerRouting>,
+    /// The f16 loss scale the step used (`None` for f32 and bf16).
+    pub loss_scale: Option<f64>,
+    /// Whether the f16 gradients overflowed and the update was skipped.
+    pub skipped: bool,
 }
 
 /// TensorBoard logging with a bounded set of tags: a few training scalars, one eval scalar per
@@ -165,6 +169,9 @@ impl Monitor {
         ok(failed, w.add_scalar("train/z_loss", s, m.z_loss));
         ok(failed, w.add_scalar("train/lr", s, m.lr));
         ok(failed, w.add_scalar("train/grad_norm", s, m.grad_norm));
+        if let Some(scale) = m.loss_scale {
+            ok(failed, w.add_scalar("train/loss_scale", s, scale));
+        }
         if m.seconds > 0.0 {
             ok(
                 failed,

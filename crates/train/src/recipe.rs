@@ -12,6 +12,7 @@ use seqtopk_router::RouterConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
+use crate::precision::{LossScaleSection, Precision};
 
 /// The default recipe, embedded so `seqtopk train` runs with nothing but the repository.
 pub const DEFAULT_RECIPE: &str = include_str!("../../../recipes/tiny-seqtopk-math.toml");
@@ -58,9 +59,13 @@ pub struct Recipe {
     /// Micro-batch and gradient accumulation.
     #[serde(default)]
     pub batch: BatchSection,
-    /// Numeric precision of parameters and compute.
+    /// Compute precision: `f32`, or mixed `bf16`/`f16` (f32 master weights and optimiser
+    /// state, passes in the half type) where the device supports it.
     #[serde(default)]
     pub precision: Precision,
+    /// Dynamic loss scaling of `precision = "f16"` (PyTorch's defaults when absent).
+    #[serde(default)]
+    pub loss_scale: Option<LossScaleSection>,
     /// Length and cadences.
     pub train: TrainSection,
 }
@@ -166,19 +171,6 @@ impl Default for BatchSection {
     }
 }
 
-/// Numeric precision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Precision {
-    /// f32 parameters and compute: every backend.
-    #[default]
-    F32,
-    /// bf16 (GPU backends).
-    Bf16,
-    /// f16 (GPU backends).
-    F16,
-}
-
 /// Run length and cadences (in optimiser steps).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -241,6 +233,10 @@ impl Recipe {
             Recipe::deserialize(toml::Value::Table(table)).map_err(|e| bad(e.to_string()))?;
         recipe.data.batch_size = recipe.batch.micro_batch_size;
         recipe.validate().map_err(bad)?;
+        if recipe.precision == Precision::F16 && recipe.loss_scale.is_none() {
+            // Resolved so that `--dry-run` and checkpoints show the scaling in effect.
+            recipe.loss_scale = Some(LossScaleSection::default());
+        }
         Ok(recipe)
     }
 
@@ -373,11 +369,15 @@ impl Recipe {
         if t.keep_checkpoints == 0 {
             return Err("train.keep_checkpoints: expected at least 1".into());
         }
-        if self.precision != Precision::F32 {
-            return Err(format!(
-                "precision: {:?} is not available yet: the model computes in f32 on every backend",
-                self.precision
-            ));
+        if let Some(scale) = &self.loss_scale {
+            if self.precision != Precision::F16 {
+                return Err(format!(
+                    "loss_scale: applies only to precision = \"f16\" (this recipe computes in {}, \
+                     whose exponent range needs no loss scaling)",
+                    self.precision
+                ));
+            }
+            scale.validate()?;
         }
         self.data.validate().map_err(|e| format!("data: {e}"))?;
         Ok(())

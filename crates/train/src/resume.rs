@@ -9,6 +9,7 @@ use seqtopk_data::PipelineState;
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
+use crate::precision::LossScaler;
 
 /// Model weights file inside a checkpoint.
 pub const MODEL_FILE: &str = "model.bpk";
@@ -30,6 +31,9 @@ pub struct TrainerState {
     pub pipeline: PipelineState,
     /// Run name (a checkpoint of another run is refused).
     pub name: String,
+    /// The f16 loss scaler (absent for f32 and bf16 runs).
+    #[serde(default)]
+    pub loss_scaler: Option<LossScaler>,
 }
 
 /// A checkpoint found on disk.

@@ -11,7 +11,7 @@ use burn::module::{Module, ParamId};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::store::{BurnpackStore, ModuleSnapshot};
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use seqtopk_data::{Batch, Pipeline};
 use seqtopk_model::{MoeTransformer, MoeTransformerConfig};
@@ -20,6 +20,7 @@ use seqtopk_router::{LbConvention, RoutingStats, TokenLayout, load_balancing_los
 use crate::TrainError;
 use crate::gradients::{GradientTools, ParamPaths};
 use crate::metrics::{LayerRouting, Monitor, StepMetrics};
+use crate::precision::{LossScaler, Precision, ScaleVerdict};
 use crate::recipe::Recipe;
 use crate::resume::{self, MODEL_FILE, OPTIMIZER_FILE, RECIPE_FILE, STATE_FILE, TrainerState};
 use crate::schedule::LrSchedule;
@@ -84,6 +85,8 @@ pub struct Trainer {
     pipeline: Pipeline,
     paths: ParamPaths,
     frozen: Vec<ParamId>,
+    /// Dynamic loss scaling (f16 runs only).
+    loss_scaler: Option<LossScaler>,
     step: u64,
     total_steps: u64,
     hf_config: serde_json::Value,
@@ -99,6 +102,20 @@ impl Trainer {
             .map(|&index| Ok(recipe.backend.device(index)?.autodiff()))
             .collect::<Result<Vec<_>, TrainError>>()?;
         let device = replicas[0].clone();
+        for (device, &index) in replicas.iter().zip(&recipe.devices) {
+            if !recipe.precision.is_supported_by(device) {
+                return Err(TrainError::Recipe {
+                    origin: "precision".into(),
+                    message: format!(
+                        "\"{}\" is not supported by {} device {index}, which computes in: {}",
+                        recipe.precision,
+                        recipe.backend,
+                        Precision::supported_by(device)
+                    ),
+                });
+            }
+        }
+        let loss_scaler = recipe.loss_scale.as_ref().map(LossScaler::new);
         let pipeline = Pipeline::new(recipe.data.clone())?;
         let (mut model, hf_config, tokenizer_dir) = build_model(&recipe, &device)?;
         let vocab = model.config().vocab_size;
@@ -160,6 +177,7 @@ impl Trainer {
             pipeline,
             paths,
             frozen,
+            loss_scaler,
             step: 0,
             total_steps,
             hf_config,
@@ -263,6 +281,10 @@ impl Trainer {
         // Parameter ids came from the checkpoint: recompute the path → id map.
         self.paths = ParamPaths::of(&self.model);
         self.frozen = self.paths.matching(&self.recipe.optimizer.freeze);
+        if let (Some(scaler), Some(saved)) = (&mut self.loss_scaler, state.loss_scaler) {
+            scaler.scale = saved.scale;
+            scaler.good_steps = saved.good_steps;
+        }
         self.step = state.step;
         tracing::info!(step = state.step, checkpoint = %dir.display(), "resumed");
         Ok(Some(state.step))
@@ -275,6 +297,7 @@ impl Trainer {
             total_steps: self.total_steps,
             pipeline: self.pipeline.state(),
             name: self.recipe.name.clone(),
+            loss_scaler: self.loss_scaler,
         };
         let recipe_toml = self.recipe.to_toml();
         resume::write_checkpoint(
@@ -319,6 +342,8 @@ impl Trainer {
                 .map(|lb| (lb.convention, lb.coef)),
             z_coef: router.map_or(0.0, |r| r.z_loss_coef),
             n_micro: micro_batches.len() as f64,
+            compute_dtype: self.recipe.precision.compute_dtype(),
+            loss_scale: self.loss_scaler.map_or(1.0, |s| s.scale),
         };
         let passes = self.replica_passes(micro_batches, &pass)?;
         // Every replica's gradients move to the primary device (`GradientsParams::to_device`)
@@ -358,16 +383,45 @@ impl Trainer {
         let mut grads = accumulator.grads();
         let tools = GradientTools::new(&self.paths);
         tools.drop_frozen(&mut grads, &self.frozen);
-        let grad_norm = tools.global_norm(&grads);
-        if !grad_norm.is_finite() {
-            return Err(self.non_finite(step, grad_norm));
-        }
-        let max_norm = self.recipe.optimizer.max_grad_norm;
-        if max_norm > 0.0 && grad_norm > max_norm {
-            tools.scale(&mut grads, max_norm / (grad_norm + 1e-6));
-        }
+        // The norm of the gradients as computed, i.e. times the loss scale.
+        let scaled_norm = tools.global_norm(&grads);
         let lr = self.schedule.lr(self.step);
-        self.model = self.optim.step(lr, self.model.clone(), grads);
+        let mut skipped = false;
+        match self
+            .loss_scaler
+            .as_mut()
+            .map(|s| s.update(scaled_norm.is_finite()))
+        {
+            None if !scaled_norm.is_finite() => return Err(self.non_finite(step, scaled_norm)),
+            None | Some(ScaleVerdict::Apply) => {}
+            Some(ScaleVerdict::Skip) => {
+                tracing::warn!(
+                    step,
+                    loss_scale = pass.loss_scale,
+                    "f16 gradients overflowed: step skipped, loss scale halved"
+                );
+                skipped = true;
+            }
+            Some(ScaleVerdict::GiveUp) => {
+                return Err(TrainError::NonFiniteGradients {
+                    step,
+                    last_good: self.last_good_checkpoint(),
+                });
+            }
+        }
+        let grad_norm = scaled_norm / pass.loss_scale;
+        if !skipped {
+            // Unscaling and clipping in one pass over the gradients.
+            let mut factor = 1.0 / pass.loss_scale;
+            let max_norm = self.recipe.optimizer.max_grad_norm;
+            if max_norm > 0.0 && grad_norm > max_norm {
+                factor *= max_norm / (grad_norm + 1e-6);
+            }
+            if factor != 1.0 {
+                tools.scale(&mut grads, factor);
+            }
+            self.model = self.optim.step(lr, self.model.clone(), grads);
+        }
         self.step = step;
         Ok(StepMetrics {
             step,
@@ -381,6 +435,8 @@ impl Trainer {
             tokens,
             seconds: started.elapsed().as_secs_f64(),
             routing,
+            loss_scale: self.loss_scaler.is_some().then_some(pass.loss_scale),
+            skipped,
         })
     }
 
@@ -437,14 +493,17 @@ impl Trainer {
     }
 
     fn non_finite(&self, step: u64, value: f64) -> TrainError {
-        let last_good = match resume::latest_checkpoint(&self.recipe.output_dir()) {
-            Some(c) => format!("The last good checkpoint is {}", c.dir.display()),
-            None => "No checkpoint was written before it.".into(),
-        };
         TrainError::NonFiniteLoss {
             step,
             value,
-            last_good,
+            last_good: self.last_good_checkpoint(),
+        }
+    }
+
+    fn last_good_checkpoint(&self) -> String {
+        match resume::latest_checkpoint(&self.recipe.output_dir()) {
+            Some(c) => format!("The last good checkpoint is {}", c.dir.display()),
+            None => "No checkpoint was written before it.".into(),
         }
     }
 
@@ -452,6 +511,10 @@ impl Trainer {
     /// each domain: `(domain, mean loss, target tokens)`.
     pub fn evaluate(&self) -> Result<Vec<(String, f64, usize)>, TrainError> {
         let model = self.model.valid();
+        let model = match self.recipe.precision.compute_dtype() {
+            Some(dtype) => model.cast_for_compute(dtype),
+            None => model,
+        };
         let device = self.device.clone().inner();
         let per_domain = self.recipe.train.eval_batches;
         let domains = self.pipeline.domains();
@@ -652,6 +715,10 @@ struct PassWeights {
     z_coef: f64,
     /// Micro-batches of the whole step.
     n_micro: f64,
+    /// The half type passes compute in (`None`: f32).
+    compute_dtype: Option<FloatDType>,
+    /// What the loss is multiplied by before the backward pass (1 unless f16).
+    loss_scale: f64,
 }
 
 /// What one replica computed for its share of the micro-batches.
@@ -682,9 +749,14 @@ fn replica_pass(
         tokens: 0,
         routing: Vec::new(),
     };
+    // The cast copy is taken inside the autodiff graph: gradients reach `model` in f32.
+    let compute = pass
+        .compute_dtype
+        .map(|dtype| model.cast_for_compute(dtype));
+    let compute_model = compute.as_ref().unwrap_or(model);
     for &(index, batch) in batches {
         let layout = layout_of(batch)?;
-        let forward = model
+        let forward = compute_model
             .forward(&batch.input_ids, &layout, device)
             .map_err(|e| TrainError::Model(e.to_string()))?;
         let ce = masked_ce_sum(forward.logits, &batch.targets, device);
@@ -712,6 +784,9 @@ fn replica_pass(
             .collect();
         out.routing.push((index, stats));
         out.tokens += batch.num_valid();
+        if pass.loss_scale != 1.0 {
+            loss = loss.mul_scalar(pass.loss_scale);
+        }
         let grads = loss.backward();
         accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
     }
