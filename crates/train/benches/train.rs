@@ -1,67 +1,117 @@
 //! Training throughput and peak memory, TopK vs SeqTopK:
 //! - the tiny default recipe (whole trainer step: forward, backward, clipping, AdamW);
-//! - one OLMoE-1B-7B-shaped MoE layer (hidden 2048, 64 experts of 1024, K = 8), forward+backward.
+//! - one OLMoE-1B-7B-shaped MoE layer (hidden 2048, 64 experts of 1024, K = 8), forward+backward;
+//! - the tiny recipe again in each mixed precision (bf16, f16) the device supports.
 //!
 //! Each case runs in its own child process so its peak resident memory (`VmHWM`) is its own.
-//! `cargo bench -p seqtopk-train --bench train [-- --quick]`; run from anywhere.
+//! `cargo bench -p seqtopk-train --bench train [-- --quick] [--backend wgpu|cuda]`; run from
+//! anywhere. The tiny recipe's data paths are relative, so the bench runs from the repository root.
 
 use std::process::Command;
 use std::time::Instant;
 
-use burn::tensor::Device;
+use seqtopk_backend::Backend;
 use seqtopk_model::{MoeTransformer, MoeTransformerConfig};
 use seqtopk_router::{RouterConfig, RoutingMode, TokenLayout};
-use seqtopk_train::{DEFAULT_RECIPE, Recipe, Trainer};
+use seqtopk_train::{DEFAULT_RECIPE, Precision, Recipe, Trainer};
 
 const CASE_ENV: &str = "SEQTOPK_BENCH_CASE";
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let backend = args
+        .iter()
+        .position(|a| a == "--backend")
+        .and_then(|i| args.get(i + 1))
+        .map_or("cpu", String::as_str)
+        .to_owned();
     std::env::set_current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).unwrap();
     if let Ok(case) = std::env::var(CASE_ENV) {
-        run_case(&case, quick);
+        run_case(&case, &backend, quick);
         return;
     }
-    println!("backend: cpu (flex); peak memory = the case process's VmHWM");
+    let device: Backend = backend.parse().unwrap();
+    let device = device.device(0).unwrap();
+    println!("backend: {backend}; peak memory = the case process's VmHWM (host memory)");
     println!(
-        "{:<34} {:>8} {:>12} {:>12} {:>10}",
-        "case", "router", "tokens/s", "s/step", "peak MiB"
+        "{:<36} {:>8} {:>9} {:>12} {:>12} {:>10}",
+        "case", "router", "precision", "tokens/s", "s/step", "peak MiB"
     );
-    for case in ["tiny", "olmoe_layer"] {
-        let mut rates = Vec::new();
-        for mode in ["topk", "seqtopk"] {
-            let exe = std::env::current_exe().unwrap();
-            let mut cmd = Command::new(exe);
-            cmd.env(CASE_ENV, format!("{case}:{mode}"));
-            if quick {
-                cmd.arg("--quick");
-            }
-            let out = cmd.output().unwrap();
-            let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            if !out.status.success() {
-                eprintln!(
-                    "{case}/{mode} failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                continue;
-            }
-            let fields: Vec<f64> = line
-                .split_whitespace()
-                .map(|f| f.parse().unwrap())
-                .collect();
-            let (tps, sps, peak) = (fields[0], fields[1], fields[2]);
-            println!(
-                "{:<34} {:>8} {:>12.0} {:>12.3} {:>10.0}",
-                label(case),
-                mode,
-                tps,
-                sps,
-                peak
-            );
-            rates.push(tps);
+    let mut cases: Vec<(&str, &str, Precision)> = Vec::new();
+    for mode in ["topk", "seqtopk"] {
+        cases.push(("tiny", mode, Precision::F32));
+    }
+    for precision in [Precision::Bf16, Precision::F16] {
+        if precision.is_supported_by(&device) {
+            cases.push(("tiny", "seqtopk", precision));
         }
-        if let [topk, seqtopk] = rates[..] {
-            println!("{:<34} seqtopk/topk throughput = {:.3}", "", seqtopk / topk);
+    }
+    for mode in ["topk", "seqtopk"] {
+        cases.push(("olmoe_layer", mode, Precision::F32));
+    }
+    let mut rates: Vec<(&str, &str, Precision, f64)> = Vec::new();
+    for (case, mode, precision) in cases {
+        let exe = std::env::current_exe().unwrap();
+        let mut cmd = Command::new(exe);
+        cmd.env(CASE_ENV, format!("{case}:{mode}:{precision}"))
+            .args(["--backend", &backend]);
+        if quick {
+            cmd.arg("--quick");
+        }
+        let out = cmd.output().unwrap();
+        let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !out.status.success() {
+            eprintln!(
+                "{case}/{mode}/{precision} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            continue;
+        }
+        let fields: Vec<f64> = line
+            .split_whitespace()
+            .map(|f| f.parse().unwrap())
+            .collect();
+        let (tps, sps, peak) = (fields[0], fields[1], fields[2]);
+        println!(
+            "{:<36} {:>8} {:>9} {:>12.0} {:>12.3} {:>10.0}",
+            label(case),
+            mode,
+            precision.to_string(),
+            tps,
+            sps,
+            peak
+        );
+        rates.push((case, mode, precision, tps));
+    }
+    let rate = |case: &str, mode: &str, p: Precision| {
+        rates
+            .iter()
+            .find(|r| r.0 == case && r.1 == mode && r.2 == p)
+            .map(|r| r.3)
+    };
+    for case in ["tiny", "olmoe_layer"] {
+        if let (Some(topk), Some(seqtopk)) = (
+            rate(case, "topk", Precision::F32),
+            rate(case, "seqtopk", Precision::F32),
+        ) {
+            println!(
+                "{:<36} seqtopk/topk throughput = {:.3}",
+                label(case),
+                seqtopk / topk
+            );
+        }
+    }
+    for p in [Precision::Bf16, Precision::F16] {
+        if let (Some(f32_rate), Some(half)) = (
+            rate("tiny", "seqtopk", Precision::F32),
+            rate("tiny", "seqtopk", p),
+        ) {
+            println!(
+                "{:<36} {p}/f32 throughput = {:.3}",
+                label("tiny"),
+                half / f32_rate
+            );
         }
     }
 }
@@ -74,20 +124,29 @@ fn label(case: &str) -> &'static str {
 }
 
 /// Runs one case and prints `tokens/s seconds/step peak_MiB`.
-fn run_case(case: &str, quick: bool) {
-    let (case, mode) = case.split_once(':').unwrap();
+fn run_case(case: &str, backend: &str, quick: bool) {
+    let mut parts = case.split(':');
+    let (case, mode, precision) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
     let (tokens, seconds) = match case {
-        "tiny" => tiny(mode, quick),
-        _ => olmoe_layer(mode, quick),
+        "tiny" => tiny(mode, precision, backend, quick),
+        _ => olmoe_layer(mode, backend, quick),
     };
     println!("{} {} {}", tokens / seconds, seconds, peak_mib());
 }
 
-fn tiny(mode: &str, quick: bool) -> (f64, f64) {
+fn tiny(mode: &str, precision: &str, backend: &str, quick: bool) -> (f64, f64) {
     let steps = if quick { 3 } else { 10 };
     let overrides = vec![
         format!("router.mode=\"{mode}\""),
+        format!("precision=\"{precision}\""),
+        format!("backend=\"{backend}\""),
         format!("train.steps={}", steps + 1),
+        // The recipe's 10 warm-up steps would outlast a --quick run (throughput is the same).
+        "schedule.warmup_steps=1".to_owned(),
     ];
     let recipe = Recipe::parse(DEFAULT_RECIPE, "default", &overrides).unwrap();
     let mut trainer = Trainer::new(recipe).unwrap();
@@ -101,7 +160,7 @@ fn tiny(mode: &str, quick: bool) -> (f64, f64) {
     (tokens as f64 / steps as f64, s / steps as f64)
 }
 
-fn olmoe_layer(mode: &str, quick: bool) -> (f64, f64) {
+fn olmoe_layer(mode: &str, backend: &str, quick: bool) -> (f64, f64) {
     let t = if quick { 128 } else { 512 };
     let config = serde_json::json!({
         "model_type": "olmoe", "vocab_size": 1024, "hidden_size": 2048,
@@ -111,7 +170,8 @@ fn olmoe_layer(mode: &str, quick: bool) -> (f64, f64) {
         "rms_norm_eps": 1e-5, "tie_word_embeddings": false
     });
     let config = MoeTransformerConfig::from_json_str(&config.to_string(), "bench").unwrap();
-    let device = Device::flex().autodiff();
+    let backend: Backend = backend.parse().unwrap();
+    let device = backend.device(0).unwrap().autodiff();
     let mut model = MoeTransformer::init(&config, 0, &device).unwrap();
     let mode = if mode == "topk" {
         RoutingMode::Topk
