@@ -75,9 +75,8 @@ pub enum RunOutcome {
 /// A training run in progress.
 pub struct Trainer {
     recipe: Recipe,
-    /// The primary device: it holds the model and the optimiser state.
-    device: Device,
-    /// One device per data-parallel replica, the primary first.
+    /// One device per data-parallel replica; the first (primary) holds the model and the
+    /// optimiser state.
     replicas: Vec<Device>,
     model: MoeTransformer,
     optim: ModuleOptimizer,
@@ -101,23 +100,22 @@ impl Trainer {
             .iter()
             .map(|&index| Ok(recipe.backend.device(index)?.autodiff()))
             .collect::<Result<Vec<_>, TrainError>>()?;
-        let device = replicas[0].clone();
-        for (device, &index) in replicas.iter().zip(&recipe.devices) {
-            if !recipe.precision.is_supported_by(device) {
+        for (replica, &index) in replicas.iter().zip(&recipe.devices) {
+            if !recipe.precision.is_supported_by(replica) {
                 return Err(TrainError::Recipe {
                     origin: "precision".into(),
                     message: format!(
                         "\"{}\" is not supported by {} device {index}, which computes in: {}",
                         recipe.precision,
                         recipe.backend,
-                        Precision::supported_by(device)
+                        Precision::supported_by(replica)
                     ),
                 });
             }
         }
         let loss_scaler = recipe.loss_scale.as_ref().map(LossScaler::new);
         let pipeline = Pipeline::new(recipe.data.clone())?;
-        let (mut model, hf_config, tokenizer_dir) = build_model(&recipe, &device)?;
+        let (mut model, hf_config, tokenizer_dir) = build_model(&recipe, &replicas[0])?;
         let vocab = model.config().vocab_size;
         let tok_vocab = pipeline.tokenizer().vocab_size();
         if tok_vocab > vocab {
@@ -169,7 +167,6 @@ impl Trainer {
         let schedule = LrSchedule::new(&recipe.schedule, o.lr, total_steps);
         Ok(Self {
             recipe,
-            device,
             replicas,
             model,
             optim,
@@ -183,6 +180,11 @@ impl Trainer {
             hf_config,
             tokenizer_dir,
         })
+    }
+
+    /// The device holding the model and the optimiser state.
+    fn primary(&self) -> &Device {
+        &self.replicas[0]
     }
 
     /// The model being trained.
@@ -353,7 +355,7 @@ impl Trainer {
         let mut per_micro: Vec<(usize, Vec<(usize, RoutingStats)>)> = Vec::new();
         for replica in passes {
             let grads = if self.replicas.len() > 1 {
-                replica.grads.to_device(&self.device, &self.model)
+                replica.grads.to_device(self.primary(), &self.model)
             } else {
                 replica.grads
             };
@@ -450,7 +452,7 @@ impl Trainer {
         let n = self.replicas.len();
         if n == 1 {
             let all: Vec<(usize, &Batch)> = micro_batches.iter().enumerate().collect();
-            return Ok(vec![replica_pass(&self.model, &all, &self.device, pass)?]);
+            return Ok(vec![replica_pass(&self.model, &all, self.primary(), pass)?]);
         }
         std::thread::scope(|scope| {
             let handles: Vec<_> = self
@@ -515,7 +517,7 @@ impl Trainer {
             Some(dtype) => model.cast_for_compute(dtype),
             None => model,
         };
-        let device = self.device.clone().inner();
+        let device = self.primary().clone().inner();
         let per_domain = self.recipe.train.eval_batches;
         let domains = self.pipeline.domains();
         let mut seen: BTreeMap<String, usize> = BTreeMap::new();
@@ -749,14 +751,16 @@ fn replica_pass(
         tokens: 0,
         routing: Vec::new(),
     };
-    // The cast copy is taken inside the autodiff graph: gradients reach `model` in f32.
-    let compute = pass
-        .compute_dtype
-        .map(|dtype| model.cast_for_compute(dtype));
-    let compute_model = compute.as_ref().unwrap_or(model);
     for &(index, batch) in batches {
         let layout = layout_of(batch)?;
-        let forward = compute_model
+        // The cast copy is taken inside this micro-batch's autodiff graph, so its gradients reach
+        // `model` in f32. (One copy per micro-batch: a backward pass consumes the graph.)
+        let compute = pass
+            .compute_dtype
+            .map(|dtype| model.cast_for_compute(dtype));
+        let forward = compute
+            .as_ref()
+            .unwrap_or(model)
             .forward(&batch.input_ids, &layout, device)
             .map_err(|e| TrainError::Model(e.to_string()))?;
         let ce = masked_ce_sum(forward.logits, &batch.targets, device);
