@@ -49,6 +49,17 @@ impl Golden {
         )
     }
 
+    /// The golden right-padded batch: ids, which positions are real, and its layout.
+    fn batch(&self) -> (Vec<u32>, Vec<bool>, TokenLayout) {
+        let (shape, ids) = self.i64s("input_ids");
+        let (_, mask) = self.i64s("attention_mask");
+        let (b, t) = (shape[0], shape[1]);
+        let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+        let valid: Vec<bool> = mask.iter().map(|&m| m == 1).collect();
+        let layout = TokenLayout::new(b, t, valid.clone(), vec![0; b * t]).unwrap();
+        (ids, valid, layout)
+    }
+
     fn i64s(&self, key: &str) -> (Vec<usize>, Vec<i64>) {
         let (shape, dtype, data) = self.get(key);
         assert_eq!(dtype, Dtype::I64, "{key}");
@@ -66,12 +77,7 @@ fn check_forward(name: &str, prefix: &str, tol: f32) -> f32 {
     let device = Device::flex();
     let model = load_checkpoint(fixture(name), &device).unwrap_or_else(|e| panic!("{name}: {e}"));
     let g = Golden::open(name);
-    let (shape, ids) = g.i64s("input_ids");
-    let (_, mask) = g.i64s("attention_mask");
-    let (b, t) = (shape[0], shape[1]);
-    let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
-    let valid: Vec<bool> = mask.iter().map(|&m| m == 1).collect();
-    let layout = TokenLayout::new(b, t, valid.clone(), vec![0; b * t]).unwrap();
+    let (ids, valid, layout) = g.batch();
     let out = model.forward(&ids, &layout, &device).unwrap();
     let (lshape, want) = g.f32s(&format!("{prefix}logits"));
     let v = lshape[2];
@@ -81,14 +87,7 @@ fn check_forward(name: &str, prefix: &str, tol: f32) -> f32 {
         .into_data()
         .try_into_vec_as::<f32>()
         .unwrap();
-    let mut max = 0f32;
-    for p in 0..b * t {
-        if valid[p] {
-            for j in 0..v {
-                max = max.max((got[p * v + j] - want[p * v + j]).abs());
-            }
-        }
-    }
+    let max = max_diff(&got, &want, &valid, v);
     assert!(
         max <= tol,
         "{name}: max |Δlogit| on valid tokens = {max:e} > {tol:e}"
@@ -103,14 +102,7 @@ fn check_forward(name: &str, prefix: &str, tol: f32) -> f32 {
             .into_data()
             .try_into_vec_as::<f32>()
             .unwrap();
-        let mut rmax = 0f32;
-        for p in 0..b * t {
-            if valid[p] {
-                for j in 0..e {
-                    rmax = rmax.max((got[p * e + j] - want[p * e + j]).abs());
-                }
-            }
-        }
+        let rmax = max_diff(&got, &want, &valid, e);
         assert!(
             rmax <= tol,
             "{name}: layer {layer} max |Δrouter logit| = {rmax:e}"
@@ -223,12 +215,7 @@ fn mixtral_bf16_compute_matches_hf_bf16() {
             .unwrap()
             .cast_for_compute(FloatDType::BF16);
         let g = Golden::open(name);
-        let (shape, ids) = g.i64s("input_ids");
-        let (_, mask) = g.i64s("attention_mask");
-        let (b, t) = (shape[0], shape[1]);
-        let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
-        let valid: Vec<bool> = mask.iter().map(|&m| m == 1).collect();
-        let layout = TokenLayout::new(b, t, valid.clone(), vec![0; b * t]).unwrap();
+        let (ids, valid, layout) = g.batch();
         let out = model.forward(&ids, &layout, &device).unwrap();
         let got = out
             .logits
