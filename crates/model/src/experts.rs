@@ -150,7 +150,8 @@ impl Experts {
             ],
             0,
         );
-        for tier in plan_tiers(&counts) {
+        let training = x.is_tracked() || self.gate_up.val().is_tracked();
+        for tier in plan_tiers(&counts, training) {
             let slots = tier.slots(plan);
             let (s, c) = (tier.experts.len(), tier.capacity);
             let rows: Vec<i64> = slots
@@ -217,53 +218,90 @@ impl Tier {
     }
 }
 
-/// Rows a gathered expert's weights are worth in the cost model (copying `3·H·I` weights and
-/// scattering their gradient back is cheap next to a row's `6·H·I` multiply-adds, but not free).
-const GATHERED_EXPERT_COST: usize = 2;
+/// Rows of work that streaming one expert's weights once is worth: a training row costs
+/// `18·H·I` multiply-adds (forward and backward), the weights `12·H·I` bytes, so this is a few
+/// rows on any machine whose arithmetic outpaces its memory, for any H and I. A pass costs each
+/// expert `max(capacity, this)`: a matmul over a few rows is bound by reading the weights.
+const WEIGHT_STREAM_ROWS: usize = 4;
 
-/// Splits the dispatch of experts with `counts` pairs into at most two tiers: all experts up to
-/// a capacity `C₁`, then the experts with more than `C₁` pairs for the rest. `C₁` is the value
-/// (0 or one of the counts) that minimises padded rows plus [`GATHERED_EXPERT_COST`] per
-/// gathered expert; ties prefer the single all-expert tier.
-pub fn plan_tiers(counts: &[usize]) -> Vec<Tier> {
+/// Most passes one dispatch makes: the operation count stays bounded for any E.
+pub const MAX_TIERS: usize = 4;
+
+/// Splits the dispatch of experts with `counts` pairs into at most [`MAX_TIERS`] passes. Pass
+/// `j` takes the pair slots `[c_{j−1}, c_j)` of every expert with more than `c_{j−1}` pairs, with
+/// thresholds `0 = c_0 < c_1 < … = max(counts)` chosen among the counts to minimise estimated
+/// work: per expert and pass `max(capacity, W)` rows, plus `2·W` per expert for gathering the
+/// weights of a pass that does not cover every expert. Ties prefer fewer passes.
+///
+/// Decoding, which uses a few experts, and skewed loads thereby gather only what they need.
+/// When `training`, a single pass over every expert is used: the backward of a weight gather
+/// scatters into a zeroed gradient the size of all experts' weights, which on the CPU backend
+/// (a scalar scatter plus page faults for ~1.5 GB at OLMoE's shape) costs more than the padding
+/// it saves; in training the load-balancing loss keeps the padding small.
+pub fn plan_tiers(counts: &[usize], training: bool) -> Vec<Tier> {
     let e = counts.len();
-    let max = counts.iter().copied().max().unwrap_or(0);
-    if max == 0 {
+    let w = WEIGHT_STREAM_ROWS;
+    let mut cuts: Vec<usize> = counts.to_vec();
+    cuts.push(0);
+    cuts.sort_unstable();
+    cuts.dedup();
+    let last = cuts.len() - 1;
+    if cuts[last] == 0 {
         return Vec::new();
     }
-    let cost = |c1: usize| {
-        let over = counts.iter().filter(|&&c| c > c1).count();
-        e * c1 + over * ((max - c1) + GATHERED_EXPERT_COST)
+    let tier_cost = |from: usize, to: usize| {
+        let n = counts.iter().filter(|&&c| c > from).count();
+        let rows = (to - from).max(w);
+        if n == e || training {
+            e * rows
+        } else {
+            n * (rows + 2 * w)
+        }
     };
-    let mut candidates: Vec<usize> = counts.to_vec();
-    candidates.push(0);
-    candidates.sort_unstable();
-    candidates.dedup();
-    // `max` first, so ties keep one tier.
-    let c1 = candidates
-        .into_iter()
-        .rev()
-        .min_by_key(|&c1| cost(c1))
-        .unwrap_or(max);
-    let mut tiers = Vec::with_capacity(2);
-    if c1 > 0 {
-        tiers.push(Tier {
-            experts: (0..e).collect(),
-            all_experts: true,
-            capacity: c1,
-            skip: 0,
-        });
+    // best[k][j]: least cost covering slots [0, cuts[j]) in k passes, and the previous cut.
+    let mut best = vec![vec![(usize::MAX, 0usize); cuts.len()]; MAX_TIERS + 1];
+    best[0][0] = (0, 0);
+    for k in 1..=MAX_TIERS {
+        for j in 1..cuts.len() {
+            for i in 0..j {
+                let (prev, _) = best[k - 1][i];
+                if prev == usize::MAX {
+                    continue;
+                }
+                let cost = prev + tier_cost(cuts[i], cuts[j]);
+                if cost < best[k][j].0 {
+                    best[k][j] = (cost, i);
+                }
+            }
+        }
     }
-    if c1 < max {
-        let experts: Vec<usize> = (0..e).filter(|&x| counts[x] > c1).collect();
-        tiers.push(Tier {
-            all_experts: experts.len() == e,
-            experts,
-            capacity: max - c1,
-            skip: c1,
-        });
+    let passes = if training { 1 } else { MAX_TIERS };
+    let mut k = (1..=passes)
+        .min_by_key(|&k| (best[k][last].0, k))
+        .unwrap_or(1);
+    let mut bounds = vec![last];
+    let mut j = last;
+    while k > 0 {
+        j = best[k][j].1;
+        bounds.push(j);
+        k -= 1;
     }
-    tiers
+    bounds.reverse();
+    bounds
+        .windows(2)
+        .map(|pair| {
+            let (from, to) = (cuts[pair[0]], cuts[pair[1]]);
+            let experts: Vec<usize> = (0..e)
+                .filter(|&x| training || counts[x] > from)
+                .collect();
+            Tier {
+                all_experts: experts.len() == e,
+                experts,
+                capacity: to - from,
+                skip: from,
+            }
+        })
+        .collect()
 }
 
 fn int_tensor(values: Vec<i64>, device: &Device) -> Tensor<1, Int> {
@@ -286,10 +324,10 @@ mod tests {
 
     #[test]
     fn balanced_load_is_one_tier() {
-        let tiers = plan_tiers(&[4, 4, 4, 4]);
+        let tiers = plan_tiers(&[40, 40, 40, 40], true);
         assert_eq!(tiers.len(), 1);
         assert!(tiers[0].all_experts);
-        assert_eq!(tiers[0].capacity, 4);
+        assert_eq!(tiers[0].capacity, 40);
     }
 
     #[test]
@@ -298,7 +336,7 @@ mod tests {
         let mut counts = vec![0; 64];
         counts[5] = 1;
         counts[40] = 1;
-        let tiers = plan_tiers(&counts);
+        let tiers = plan_tiers(&counts, false);
         assert_eq!(tiers.len(), 1);
         assert_eq!(tiers[0].experts, vec![5, 40]);
         assert!(!tiers[0].all_experts);
@@ -307,28 +345,62 @@ mod tests {
 
     #[test]
     fn one_hot_expert_gets_a_second_tier() {
-        // 15 experts near 100, one at 400: a single capacity would pad ~4500 rows.
+        // 15 experts at 100, one at 400: a single capacity would pad 4500 rows.
         let mut counts = vec![100; 16];
         counts[3] = 400;
-        let tiers = plan_tiers(&counts);
+        let tiers = plan_tiers(&counts, false);
         assert_eq!(tiers.len(), 2);
         assert_eq!((tiers[0].capacity, tiers[1].capacity), (100, 300));
         assert_eq!(tiers[1].experts, vec![3]);
         assert!(padded_rows(&tiers) < 16 * 400);
-        // Every pair is covered exactly once.
+        assert_covers(&counts, &tiers);
+    }
+
+    #[test]
+    fn skewed_load_uses_more_passes_and_covers_every_pair_once() {
+        // Measured at the first step of an OLMoE-shaped layer on a repetitive input.
+        let counts = [
+            0, 0, 0, 0, 1, 2, 2, 3, 4, 4, 5, 5, 6, 6, 6, 7, 7, 8, 10, 14, 16, 17, 17, 19, 20, 20,
+            21, 24, 24, 25, 25, 27, 27, 29, 33, 34, 36, 43, 46, 46, 50, 53, 55, 59, 65, 67, 75, 76,
+            82, 83, 90, 98, 104, 130, 152, 165, 166, 195, 221, 226, 268, 284, 312, 381,
+        ];
+        let tiers = plan_tiers(&counts, false);
+        assert!(tiers.len() > 2 && tiers.len() <= MAX_TIERS);
+        let total: usize = counts.iter().sum();
+        // One pass would pad to 64 · 381 = 24384 rows for 4096 pairs.
+        assert!(padded_rows(&tiers) < 2 * total, "{tiers:?}");
+        assert_covers(&counts, &tiers);
+    }
+
+    fn assert_covers(counts: &[usize], tiers: &[Tier]) {
         for (e, &c) in counts.iter().enumerate() {
-            let covered: usize = tiers
+            let mut slots: Vec<usize> = tiers
                 .iter()
                 .filter(|t| t.experts.contains(&e))
-                .map(|t| t.capacity.min(c.saturating_sub(t.skip)))
-                .sum();
-            assert_eq!(covered, c);
+                .flat_map(|t| t.skip..(t.skip + t.capacity).min(c))
+                .collect();
+            slots.sort_unstable();
+            assert_eq!(slots, (0..c).collect::<Vec<_>>(), "expert {e}");
         }
+
     }
 
     #[test]
     fn nothing_routed_is_no_tier() {
-        assert!(plan_tiers(&[0, 0, 0]).is_empty());
+        assert!(plan_tiers(&[0, 0, 0], true).is_empty());
+        assert!(plan_tiers(&[0, 0, 0], false).is_empty());
+    }
+
+    #[test]
+    fn training_is_one_pass_over_every_expert() {
+        let mut counts = vec![100; 16];
+        counts[3] = 400;
+        counts[5] = 0;
+        let tiers = plan_tiers(&counts, true);
+        assert_eq!(tiers.len(), 1);
+        assert!(tiers[0].all_experts);
+        assert_eq!(tiers[0].capacity, 400);
+        assert_covers(&counts, &tiers);
     }
 
     #[test]
