@@ -45,7 +45,7 @@ fn main() {
             let layout = TokenLayout::dense(b, t);
             let shape = format!("({b},{t},{e},{k})");
             let mut topk_ms = None;
-            let mut row = |name: &str, ms: f64, pairs: usize, base: &mut Option<f64>| {
+            let row = |name: &str, ms: f64, pairs: usize, base: &mut Option<f64>| {
                 let base = *base.get_or_insert(ms);
                 println!(
                     "{shape:>22} {name:>24} {ms:>12.2} {:>9.2}x {:>12.3}",
