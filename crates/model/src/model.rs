@@ -257,6 +257,23 @@ impl MoeTransformer {
         self.forward_with(input_ids, layout, &positions, None, device)
     }
 
+    /// Forward pass that routes each row the way generation would route a prompt of
+    /// `prompt_lens[b]` valid tokens followed by the rest of the row: under `online_seqtopk` the
+    /// prompt gets offline SeqTopK and every later token the causal rule against what came
+    /// before it ([`Router::route_prompted`]); other modes route as [`Self::forward`] does.
+    /// For scoring continuations with the allocation generation would use. Rows hold one
+    /// document each.
+    pub fn forward_scoring(
+        &self,
+        input_ids: &[u32],
+        layout: &TokenLayout,
+        prompt_lens: &[usize],
+        device: &Device,
+    ) -> Result<ModelOutput, ModelError> {
+        let positions = default_positions(layout);
+        self.forward_inner(input_ids, layout, &positions, None, Some(prompt_lens), device)
+    }
+
     /// Forward pass with explicit positions (`[B·T]`) and optionally a generation state (the new
     /// tokens then attend to the cached ones, which they extend).
     pub fn forward_with(
@@ -264,7 +281,19 @@ impl MoeTransformer {
         input_ids: &[u32],
         layout: &TokenLayout,
         positions: &[usize],
+        state: Option<&mut DecodeState>,
+        device: &Device,
+    ) -> Result<ModelOutput, ModelError> {
+        self.forward_inner(input_ids, layout, positions, state, None, device)
+    }
+
+    fn forward_inner(
+        &self,
+        input_ids: &[u32],
+        layout: &TokenLayout,
+        positions: &[usize],
         mut state: Option<&mut DecodeState>,
+        prompt_lens: Option<&[usize]>,
         device: &Device,
     ) -> Result<ModelOutput, ModelError> {
         let (b, t) = (layout.batch(), layout.seq_len());
@@ -354,10 +383,13 @@ impl MoeTransformer {
                         .router
                         .as_ref()
                         .ok_or_else(|| ModelError::Input("MoE layer without a router".into()))?;
-                    let call = match expert_cache {
-                        Some(cache) if cache.is_empty() => RouteCall::Prefill(cache),
-                        Some(cache) => RouteCall::Decode(cache),
-                        None => RouteCall::Full,
+                    let call = match (expert_cache, prompt_lens) {
+                        (Some(cache), _) if cache.is_empty() => RouteCall::Prefill(cache),
+                        (Some(cache), _) => RouteCall::Decode(cache),
+                        (None, Some(lens)) if router.mode() == RoutingMode::OnlineSeqtopk => {
+                            RouteCall::Prompted(lens)
+                        }
+                        (None, _) => RouteCall::Full,
                     };
                     let (y, out) = moe.forward(x, router, layout, call)?;
                     router_outputs.push(out);
