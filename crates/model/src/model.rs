@@ -271,7 +271,14 @@ impl MoeTransformer {
         device: &Device,
     ) -> Result<ModelOutput, ModelError> {
         let positions = default_positions(layout);
-        self.forward_inner(input_ids, layout, &positions, None, Some(prompt_lens), device)
+        self.forward_inner(
+            input_ids,
+            layout,
+            &positions,
+            None,
+            Some(prompt_lens),
+            device,
+        )
     }
 
     /// Forward pass with explicit positions (`[B·T]`) and optionally a generation state (the new

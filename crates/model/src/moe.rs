@@ -163,7 +163,18 @@ mod tests {
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
         assert!(max < 1e-5, "sparse vs dense max diff {max}");
-        assert!((20..=20 + out.plan.stats.experts_per_token.iter().filter(|&&c| c == 1).count()).contains(&out.plan.num_pairs()), "T·K = 20 pairs plus floor rescues (each leaves a token at one expert)");
+        assert!(
+            (20..=20
+                + out
+                    .plan
+                    .stats
+                    .experts_per_token
+                    .iter()
+                    .filter(|&&c| c == 1)
+                    .count())
+                .contains(&out.plan.num_pairs()),
+            "T·K = 20 pairs plus floor rescues (each leaves a token at one expert)"
+        );
     }
 
     /// Gradients reach the router and the experts through the sparse path.

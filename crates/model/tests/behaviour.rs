@@ -125,7 +125,12 @@ fn seqtopk_routing_changes_allocation_not_budget() {
             .zip(sets(t))
             .filter(|(a, b)| **a != *b)
             .count();
-        assert!(counts.iter().zip(layout.valid()).any(|(&c, &v)| v && c != 2));
+        assert!(
+            counts
+                .iter()
+                .zip(layout.valid())
+                .any(|(&c, &v)| v && c != 2)
+        );
     }
     assert!(moved > 0, "SeqTopK routed exactly as TopK");
     let logits = to_vec(out.logits);

@@ -461,9 +461,12 @@ mod tests {
             .with_online_budget(OnlineBudget::Strict)
             .validate(8, false)
             .unwrap_err();
-        assert!(err.to_string().starts_with("router.online_budget:"), "{err}");
-        let err = toml::from_str::<RouterConfig>("top_k = 2\nonline_budget = \"loose\"\n")
-            .unwrap_err();
+        assert!(
+            err.to_string().starts_with("router.online_budget:"),
+            "{err}"
+        );
+        let err =
+            toml::from_str::<RouterConfig>("top_k = 2\nonline_budget = \"loose\"\n").unwrap_err();
         assert!(err.to_string().contains("strict"), "{err}");
     }
 

@@ -224,7 +224,11 @@ pub fn prompted(
     floor: usize,
     rule: OnlineBudget,
 ) -> Vec<u32> {
-    assert_eq!(prompt_lens.len(), segments.len(), "one prompt length per segment");
+    assert_eq!(
+        prompt_lens.len(),
+        segments.len(),
+        "one prompt length per segment"
+    );
     let mut counts = vec![0u32; cands.num_tokens()];
     let mut entries = Vec::new();
     for s in 0..segments.len() {
@@ -331,8 +335,14 @@ mod tests {
             // History took two big scores; budget 4 leaves two slots for the new token.
             assert_eq!(online_count(&[0.9, 0.8], &[0.5, 0.3, 0.1], 4, 1, rule), 2);
             // A history that already spent the budget leaves only the floor.
-            assert_eq!(online_count(&[0.9, 0.8, 0.7, 0.6], &[0.5, 0.3], 4, 1, rule), 1);
-            assert_eq!(online_count(&[0.9, 0.8, 0.7, 0.6], &[0.5, 0.3], 4, 0, rule), 0);
+            assert_eq!(
+                online_count(&[0.9, 0.8, 0.7, 0.6], &[0.5, 0.3], 4, 1, rule),
+                1
+            );
+            assert_eq!(
+                online_count(&[0.9, 0.8, 0.7, 0.6], &[0.5, 0.3], 4, 0, rule),
+                0
+            );
             // Zero scores never win.
             assert_eq!(online_count(&[], &[0.5, 0.0, 0.0], 6, 1, rule), 1);
         }

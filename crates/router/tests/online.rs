@@ -158,7 +158,11 @@ fn online_routing_equals_a_brute_force_of_the_authors_rule() {
                 let mut cache = ExpertCache::new(1, E);
                 if prompt > 0 {
                     let pre = router
-                        .route_prefill(row_logits(0, prompt), &TokenLayout::dense(1, prompt), &mut cache)
+                        .route_prefill(
+                            row_logits(0, prompt),
+                            &TokenLayout::dense(1, prompt),
+                            &mut cache,
+                        )
                         .unwrap();
                     assert_eq!(expert_sets(&pre)[..], got[row * t..row * t + prompt]);
                 }
@@ -166,7 +170,11 @@ fn online_routing_equals_a_brute_force_of_the_authors_rule() {
                     let step = router
                         .route_decode(row_logits(i, i + 1), &TokenLayout::dense(1, 1), &mut cache)
                         .unwrap();
-                    assert_eq!(expert_sets(&step)[0], got[row * t + i], "{rule} row {row} pos {i}");
+                    assert_eq!(
+                        expert_sets(&step)[0],
+                        got[row * t + i],
+                        "{rule} row {row} pos {i}"
+                    );
                 }
             }
         }
@@ -203,7 +211,10 @@ fn rank_rule_reallocates_where_strict_rule_is_nearly_topk() {
     );
     let mut spent = 0;
     for (m, &n) in strict.iter().enumerate() {
-        assert!(n as usize <= ((m + 1) * K).saturating_sub(spent).max(1), "strict token {m}");
+        assert!(
+            n as usize <= ((m + 1) * K).saturating_sub(spent).max(1),
+            "strict token {m}"
+        );
         spent += n as usize;
     }
 }
@@ -221,7 +232,11 @@ fn an_all_padding_row_gets_no_experts_and_consumes_nothing() {
         RoutingMode::OnlineSeqtopk,
         RoutingMode::BatchTopk,
     ] {
-        let out = route(&config(mode, K), logits(values.clone(), [b, t, E], &device), &layout);
+        let out = route(
+            &config(mode, K),
+            logits(values.clone(), [b, t, E], &device),
+            &layout,
+        );
         assert!(
             out.plan.pair_positions().iter().all(|&p| (p as usize) < t),
             "{mode}: a padding position was routed"
@@ -245,10 +260,14 @@ fn an_all_padding_row_gets_no_experts_and_consumes_nothing() {
     assert!(err.to_string().contains("prompt_lens[1] = 1"), "{err}");
     // Generation: an all-padding row in prefill and decode leaves its cache without tokens.
     let mut cache = ExpertCache::new(b, E);
-    let left_padded = TokenLayout::new(b, t, (0..b * t).map(|p| p < t).collect(), vec![0; b * t])
-        .unwrap();
+    let left_padded =
+        TokenLayout::new(b, t, (0..b * t).map(|p| p < t).collect(), vec![0; b * t]).unwrap();
     router
-        .route_prefill(logits(values.clone(), [b, t, E], &device), &left_padded, &mut cache)
+        .route_prefill(
+            logits(values.clone(), [b, t, E], &device),
+            &left_padded,
+            &mut cache,
+        )
         .unwrap();
     let step = router
         .route_decode(
@@ -262,7 +281,6 @@ fn an_all_padding_row_gets_no_experts_and_consumes_nothing() {
     assert!(cache.selected_desc(1).is_empty());
     assert!(cache.scores(1).iter().all(|&s| s == 0.0));
 }
-
 
 /// Candidates of each position computed on the host from the router's own probabilities.
 fn host_candidates(probs: &[f32]) -> Candidates {
@@ -462,8 +480,13 @@ fn misuse_is_reported() {
     let x = logits(vec![0.1; 3 * E], [1, 3, E], &device);
     let err = topk.route_prompted(x.clone(), &layout, &[1]).unwrap_err();
     assert!(matches!(err, RoutingError::WrongMode { .. }), "{err}");
-    let err = router.route_prompted(x.clone(), &layout, &[1, 1]).unwrap_err();
-    assert!(err.to_string().contains("prompt_lens has 2 entries"), "{err}");
+    let err = router
+        .route_prompted(x.clone(), &layout, &[1, 1])
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("prompt_lens has 2 entries"),
+        "{err}"
+    );
     let packed = TokenLayout::new(1, 3, vec![true; 3], vec![0, 0, 1]).unwrap();
     let err = router.route_prompted(x, &packed, &[1]).unwrap_err();
     assert!(err.to_string().contains("several documents"), "{err}");
