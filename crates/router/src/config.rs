@@ -56,7 +56,7 @@ pub enum OnlineBudget {
     Rank,
     /// The paper's prose: as `rank`, but never more than the budget left (`m·K` minus the pairs
     /// already spent), so the cumulative total never exceeds `m·K` except for floor rescues.
-    /// A token then gets at most K and nearly always exactly K: in practice per-token TopK.
+    /// A token then rarely gets other than K: in practice per-token TopK (docs/eval.md).
     Strict,
 }
 
