@@ -197,6 +197,14 @@ pub fn hf_tensors(
                     format!("{p}.mlp")
                 };
                 push_linear(&mut out, &format!("{mp}.gate"), &moe.gate)?;
+                let experts = moe
+                    .experts
+                    .to_hf()
+                    .map_err(|message| CheckpointError::Tensor {
+                        key: format!("{mp}.experts"),
+                        message,
+                    })?;
+                let (e, i) = (experts.num_experts, experts.intermediate);
                 match layout {
                     ExpertLayout::PerExpert => {
                         let names = if mixtral_legacy {
@@ -204,48 +212,29 @@ pub fn hf_tensors(
                         } else {
                             ["gate_proj", "up_proj", "down_proj"]
                         };
-                        for (e, expert) in moe.experts.iter().enumerate() {
-                            let base = format!("{mp}.experts.{e}");
-                            push_linear(
-                                &mut out,
-                                &format!("{base}.{}", names[0]),
-                                &expert.gate_proj,
-                            )?;
-                            push_linear(
-                                &mut out,
-                                &format!("{base}.{}", names[1]),
-                                &expert.up_proj,
-                            )?;
-                            push_linear(
-                                &mut out,
-                                &format!("{base}.{}", names[2]),
-                                &expert.down_proj,
-                            )?;
+                        for x in 0..e {
+                            let shapes = [[i, h], [i, h], [h, i]];
+                            for ((name, shape), values) in
+                                names.iter().zip(shapes).zip(experts.expert(x))
+                            {
+                                out.push(HfTensor {
+                                    key: format!("{mp}.experts.{x}.{name}.weight"),
+                                    shape: shape.to_vec(),
+                                    values: values.to_vec(),
+                                });
+                            }
                         }
                     }
                     ExpertLayout::Fused => {
-                        let e = moe.experts.len();
-                        let mut gate_up = Vec::new();
-                        let mut down = Vec::new();
-                        let mut inter = 0;
-                        for (x, expert) in moe.experts.iter().enumerate() {
-                            let mut parts = Vec::new();
-                            push_swiglu(&mut parts, "e", ["g", "u", "d"], expert)?;
-                            inter = parts[0].shape[0];
-                            gate_up.extend_from_slice(&parts[0].values);
-                            gate_up.extend_from_slice(&parts[1].values);
-                            down.extend_from_slice(&parts[2].values);
-                            debug_assert_eq!(parts[2].shape, vec![h, inter], "expert {x}");
-                        }
                         out.push(HfTensor {
                             key: format!("{mp}.experts.gate_up_proj"),
-                            shape: vec![e, 2 * inter, h],
-                            values: gate_up,
+                            shape: vec![e, 2 * i, h],
+                            values: experts.gate_up,
                         });
                         out.push(HfTensor {
                             key: format!("{mp}.experts.down_proj"),
-                            shape: vec![e, h, inter],
-                            values: down,
+                            shape: vec![e, h, i],
+                            values: experts.down,
                         });
                     }
                 }

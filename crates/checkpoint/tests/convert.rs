@@ -489,6 +489,8 @@ fn upcycled_llama_matches_the_dense_model() {
         .unwrap();
     let std = (router.iter().map(|x| x * x).sum::<f32>() / router.len() as f32).sqrt();
     assert!((0.01..0.04).contains(&std), "router std {std}");
+    // Dense `up_proj` is Burn's `[H, I]`; each expert's HF `up_proj` is `[I, H]`.
+    let [h, i] = mlp.up_proj.weight.val().dims();
     let want = mlp
         .up_proj
         .weight
@@ -496,15 +498,14 @@ fn upcycled_llama_matches_the_dense_model() {
         .into_data()
         .try_into_vec_as::<f32>()
         .unwrap();
-    for e in &block.experts {
-        let got = e
-            .up_proj
-            .weight
-            .val()
-            .into_data()
-            .try_into_vec_as::<f32>()
-            .unwrap();
-        assert_eq!(got, want);
+    let experts = block.experts.to_hf().unwrap();
+    for e in 0..experts.num_experts {
+        let up = experts.expert(e)[1];
+        for r in 0..h {
+            for c in 0..i {
+                assert_eq!(up[c * h + r], want[r * i + c], "expert {e} up[{c}, {r}]");
+            }
+        }
     }
     let reference = logits(&dense.model, &device);
     let diff = max_diff(&reference, &logits(&moe, &device));

@@ -3,7 +3,8 @@
 //! `seqtopk-router` so any routing mode (TopK, SeqTopK, online SeqTopK, …) drives the same model.
 //!
 //! - [`MoeTransformerConfig`] resolves each family's own `config.json`.
-//! - [`MoeTransformer`] computes experts sparsely: only the selected (token, expert) pairs run.
+//! - [`MoeTransformer`] computes experts sparsely: only the selected (token, expert) pairs run,
+//!   all experts of a layer in one batched dispatch ([`Experts`]).
 //! - [`load_checkpoint`] reads HF checkpoint directories (single file or sharded, per-expert or
 //!   fused expert layout, f32/bf16/f16).
 //! - [`MoeTransformer::generate`] decodes batches of left-padded prompts through the KV cache
@@ -12,12 +13,14 @@
 mod attention;
 mod config;
 mod error;
+mod experts;
 mod generate;
 mod loader;
 mod mlp;
 mod model;
 mod moe;
 mod norm;
+mod objective;
 mod precision;
 pub mod rope;
 mod weights;
@@ -25,12 +28,15 @@ mod weights;
 pub use attention::{Attention, LayerKvCache, attention_mask};
 pub use config::{Family, FfnKind, MoeConfig, MoeTransformerConfig, QkNorm};
 pub use error::{ConfigError, LoadError, ModelError};
+pub use experts::{Experts, HfExperts, Tier, plan_tiers};
 pub use generate::{FinishReason, Generated, GenerationConfig, Generator, Step, sample_token};
 pub use loader::{HostTensor, SafetensorsSource, load_checkpoint};
 pub use mlp::SwiGlu;
 pub use model::{
-    DecodeState, DecoderLayer, Ffn, ModelOutput, MoeTransformer, causal_lm_loss, default_positions,
+    DecodeState, DecoderLayer, Ffn, HiddenOutput, ModelOutput, MoeTransformer, causal_lm_loss,
+    default_positions,
 };
 pub use moe::{RouteCall, SparseMoe};
 pub use norm::RmsNorm;
+pub use objective::TargetNll;
 pub use weights::{Init, SeededInit, WeightSource};

@@ -70,6 +70,17 @@ pub struct ModelOutput {
     pub moe_layers: Vec<usize>,
 }
 
+/// What [`MoeTransformer::forward_hidden`] returns.
+#[derive(Debug, Clone)]
+pub struct HiddenOutput {
+    /// Final-norm hidden states `[B, T, H]` (the compute dtype).
+    pub hidden: Tensor<3>,
+    /// One router output per MoE layer, in layer order.
+    pub router_outputs: Vec<RouterOutput>,
+    /// Decoder index of each entry of `router_outputs`.
+    pub moe_layers: Vec<usize>,
+}
+
 /// Generation state: the KV cache of every layer, the online-SeqTopK expert cache of every MoE
 /// layer, and per row the key validity and next position.
 #[derive(Debug, Clone)]
@@ -271,14 +282,19 @@ impl MoeTransformer {
         device: &Device,
     ) -> Result<ModelOutput, ModelError> {
         let positions = default_positions(layout);
-        self.forward_inner(
+        let out = self.forward_hidden_with(
             input_ids,
             layout,
             &positions,
             None,
             Some(prompt_lens),
             device,
-        )
+        )?;
+        Ok(ModelOutput {
+            logits: self.logits(out.hidden),
+            router_outputs: out.router_outputs,
+            moe_layers: out.moe_layers,
+        })
     }
 
     /// Forward pass with explicit positions (`[B·T]`) and optionally a generation state (the new
@@ -291,10 +307,48 @@ impl MoeTransformer {
         state: Option<&mut DecodeState>,
         device: &Device,
     ) -> Result<ModelOutput, ModelError> {
-        self.forward_inner(input_ids, layout, positions, state, None, device)
+        let out = self.forward_hidden_with(input_ids, layout, positions, state, None, device)?;
+        Ok(ModelOutput {
+            logits: self.logits(out.hidden),
+            router_outputs: out.router_outputs,
+            moe_layers: out.moe_layers,
+        })
     }
 
-    fn forward_inner(
+    /// Forward pass up to the final norm, without the LM head: what training feeds to
+    /// [`Self::target_nll`], which never materialises the whole `[B, T, V]` logits.
+    pub fn forward_hidden(
+        &self,
+        input_ids: &[u32],
+        layout: &TokenLayout,
+        device: &Device,
+    ) -> Result<HiddenOutput, ModelError> {
+        let positions = default_positions(layout);
+        self.forward_hidden_with(input_ids, layout, &positions, None, None, device)
+    }
+
+    /// Next-token logits `[B, T, V]` in f32 from the final hidden states `[B, T, H]`.
+    pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => linear(hidden, self.embed_tokens.weight.val().transpose(), None),
+        };
+        if logits.dtype() == DType::F32 {
+            logits
+        } else {
+            logits.cast(DType::F32)
+        }
+    }
+
+    /// The LM head as `[H, V]` weight and optional `[V]` bias (tied: the embedding, transposed).
+    pub(crate) fn head(&self) -> (Tensor<2>, Option<Tensor<1>>) {
+        match &self.lm_head {
+            Some(head) => (head.weight.val(), head.bias.as_ref().map(Param::val)),
+            None => (self.embed_tokens.weight.val().transpose(), None),
+        }
+    }
+
+    fn forward_hidden_with(
         &self,
         input_ids: &[u32],
         layout: &TokenLayout,
@@ -302,7 +356,7 @@ impl MoeTransformer {
         mut state: Option<&mut DecodeState>,
         prompt_lens: Option<&[usize]>,
         device: &Device,
-    ) -> Result<ModelOutput, ModelError> {
+    ) -> Result<HiddenOutput, ModelError> {
         let (b, t) = (layout.batch(), layout.seq_len());
         let c = &self.config;
         if input_ids.len() != b * t || positions.len() != b * t {
@@ -413,18 +467,8 @@ impl MoeTransformer {
                 }
             }
         }
-        let hidden = self.norm.forward(hidden);
-        let logits = match &self.lm_head {
-            Some(head) => head.forward(hidden),
-            None => linear(hidden, self.embed_tokens.weight.val().transpose(), None),
-        };
-        let logits = if logits.dtype() == DType::F32 {
-            logits
-        } else {
-            logits.cast(DType::F32)
-        };
-        Ok(ModelOutput {
-            logits,
+        Ok(HiddenOutput {
+            hidden: self.norm.forward(hidden),
             router_outputs,
             moe_layers,
         })
@@ -522,7 +566,7 @@ fn linear_from(
 }
 
 /// A `Linear` from an HF `[out, in]` weight.
-pub(crate) fn linear_from_values(
+fn linear_from_values(
     w: &[f32],
     d_in: usize,
     d_out: usize,

@@ -1,12 +1,13 @@
-//! The sparse MoE block: router → per-expert gather → SwiGLU → weighted scatter-add.
+//! The sparse MoE block: router → batched expert dispatch ([`Experts`]) → weighted scatter-add.
 
 use burn::module::Module;
 use burn::nn::Linear;
+use burn::tensor::Tensor;
 use burn::tensor::activation::sigmoid;
-use burn::tensor::{DType, IndexingUpdateOp, Tensor};
 use seqtopk_router::{ExpertCache, Router, RouterOutput, TokenLayout};
 
 use crate::ModelError;
+use crate::experts::Experts;
 use crate::mlp::SwiGlu;
 
 /// How the block asks the router for a plan.
@@ -27,16 +28,14 @@ pub enum RouteCall<'a> {
 /// `MixtralSparseMoeBlock`): `y = Σ_{e ∈ sel(x)} w_e(x)·expert_e(x)` plus, for Qwen2-MoE,
 /// `sigmoid(shared_expert_gate(x))·shared_expert(x)`.
 ///
-/// Experts are one [`SwiGlu`] each rather than stacked `[E, H, I]` parameters: Burn has no grouped
-/// GEMM, so a stacked tensor would be sliced per expert anyway, and the backward of each slice
-/// materialises a full `[E, H, I]` gradient (E of them per layer). Per-expert parameters keep
-/// each expert's gradient its own size and map 1:1 to HF's per-expert keys.
+/// The routed experts are stacked ([`Experts`]) and run by one batched dispatch, so the layer
+/// issues the same number of tensor operations for any number of experts.
 #[derive(Module, Debug)]
 pub struct SparseMoe {
     /// Router projection `[H, E]` (HF `mlp.gate`, transposed), no bias.
     pub gate: Linear,
     /// Routed experts.
-    pub experts: Vec<SwiGlu>,
+    pub experts: Experts,
     /// Qwen2-MoE shared expert.
     pub shared_expert: Option<SwiGlu>,
     /// Qwen2-MoE shared expert gate `[H, 1]`.
@@ -47,8 +46,8 @@ impl SparseMoe {
     /// Routes `x` and runs only the selected (token, expert) pairs.
     ///
     /// Host synchronisation: exactly one, inside the router (it reads the per-token candidate
-    /// scores back to build the plan). The plan carries host copies of the per-expert offsets, so
-    /// slicing `token_index` per expert and skipping idle experts needs no further read-back.
+    /// scores back to build the plan). The plan carries host copies of the per-expert offsets and
+    /// pair positions, so the dispatch's gather indices need no further read-back.
     ///
     /// # Shapes
     /// `x`: `[B, T, H]` → `[B, T, H]`; the layout is `[B, T]`.
@@ -60,7 +59,7 @@ impl SparseMoe {
         call: RouteCall<'_>,
     ) -> Result<(Tensor<3>, RouterOutput), ModelError> {
         let [b, t, h] = x.dims();
-        let e = self.experts.len();
+        let e = self.experts.num_experts();
         let flat = x.reshape([b * t, h]);
         let logits = self.gate.forward(flat.clone()).reshape([b, t, e]);
         let out = match call {
@@ -71,27 +70,7 @@ impl SparseMoe {
                 router.route_prompted(logits, layout, prompt_lens)?
             }
         };
-        let plan = &out.plan;
-        let mut y = flat.zeros_like();
-        for (idx, expert) in self.experts.iter().enumerate() {
-            let range = plan.expert_range(idx);
-            if range.is_empty() {
-                continue;
-            }
-            let rows = plan.token_index.clone().narrow(0, range.start, range.len());
-            let weights = plan
-                .weights
-                .clone()
-                .narrow(0, range.start, range.len())
-                .unsqueeze_dim::<2>(1);
-            let xe = flat.clone().select(0, rows.clone());
-            // In f32 and rounded once, as HF does (its router weights stay f32).
-            let ye = match flat.dtype() {
-                DType::F32 => expert.forward(xe) * weights,
-                dtype => (expert.forward(xe).cast(DType::F32) * weights).cast(dtype),
-            };
-            y = y.select_assign(0, rows, ye, IndexingUpdateOp::Add);
-        }
+        let mut y = self.experts.forward(flat.clone(), &out.plan);
         if let (Some(shared), Some(gate)) = (&self.shared_expert, &self.shared_expert_gate) {
             y = y + sigmoid(gate.forward(flat.clone())) * shared.forward(flat);
         }
@@ -143,10 +122,11 @@ mod tests {
         }
         let w = Tensor::<2>::from_data(TensorData::new(dense_w, [b * t, e]), &device);
         let flat = x.reshape([b * t, h]);
-        let mut reference = flat.zeros_like();
-        for (i, expert) in moe.experts.iter().enumerate() {
-            reference = reference + expert.forward(flat.clone()) * w.clone().narrow(1, i, 1);
-        }
+        // [E, N, H] weighted by [E, N, 1], summed over experts.
+        let dense = moe.experts.forward_dense(flat.clone());
+        let mut reference = (dense * w.transpose().unsqueeze_dim::<3>(2))
+            .sum_dim(0)
+            .squeeze_dim::<2>(0);
         let gate = moe.shared_expert_gate.as_ref().unwrap();
         reference = reference
             + burn::tensor::activation::sigmoid(gate.forward(flat.clone()))
@@ -204,11 +184,11 @@ mod tests {
             .expect("router weight gradient");
         let norm: f32 = router_grad.abs().sum().into_scalar::<f32>();
         assert!(norm > 0.0);
-        let with_grad = moe
-            .experts
-            .iter()
-            .filter(|x| x.gate_proj.weight.grad(&grads).is_some())
-            .count();
-        assert!(with_grad > 0);
+        for grad in [
+            moe.experts.gate_up.grad(&grads).expect("gate_up gradient"),
+            moe.experts.down.grad(&grads).expect("down gradient"),
+        ] {
+            assert!(grad.abs().sum().into_scalar::<f32>() > 0.0);
+        }
     }
 }

@@ -10,8 +10,7 @@ use std::time::Instant;
 use burn::module::{Module, ParamId};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::store::{BurnpackStore, ModuleSnapshot};
-use burn::tensor::activation::log_softmax;
-use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use seqtopk_data::{Batch, Pipeline};
 use seqtopk_model::{MoeTransformer, MoeTransformerConfig};
@@ -541,23 +540,21 @@ impl Trainer {
                 *seen.entry(d.clone()).or_default() += 1;
             }
             let layout = layout_of(&batch)?;
-            let out = model
-                .forward(&batch.input_ids, &layout, &device)
+            let nll = model
+                .forward_hidden(&batch.input_ids, &layout, &device)
+                .and_then(|out| model.target_nll(out.hidden, &batch.targets))
                 .map_err(|e| TrainError::Model(e.to_string()))?;
-            let per_pos = masked_ce(out.logits, &batch.targets, &device);
-            let values = per_pos
+            let values = nll
+                .per_target
                 .into_data()
                 .try_into_vec_as::<f32>()
                 .map_err(|e| TrainError::Model(format!("reading eval loss back: {e:?}")))?;
-            for row in 0..batch.batch_size {
-                let entry = sums.entry(batch.domains[row].clone()).or_default();
-                for i in 0..batch.seq_len {
-                    let p = row * batch.seq_len + i;
-                    if batch.targets[p] >= 0 {
-                        entry.0 += f64::from(values[p]);
-                        entry.1 += 1;
-                    }
-                }
+            for (&p, &value) in nll.positions.iter().zip(&values) {
+                let entry = sums
+                    .entry(batch.domains[p / batch.seq_len].clone())
+                    .or_default();
+                entry.0 += f64::from(value);
+                entry.1 += 1;
             }
         }
         Ok(sums
@@ -758,13 +755,14 @@ fn replica_pass(
         let compute = pass
             .compute_dtype
             .map(|dtype| model.cast_for_compute(dtype));
-        let forward = compute
-            .as_ref()
-            .unwrap_or(model)
-            .forward(&batch.input_ids, &layout, device)
+        let computing = compute.as_ref().unwrap_or(model);
+        let forward = computing
+            .forward_hidden(&batch.input_ids, &layout, device)
             .map_err(|e| TrainError::Model(e.to_string()))?;
-        let ce = masked_ce_sum(forward.logits, &batch.targets, device);
-        let mut loss = ce.div_scalar(pass.total_targets as f64);
+        let nll = computing
+            .target_nll(forward.hidden, &batch.targets)
+            .map_err(|e| TrainError::Model(e.to_string()))?;
+        let mut loss = nll.sum.div_scalar(pass.total_targets as f64);
         out.lm_sum += scalar(&loss);
         let routed = !forward.router_outputs.is_empty();
         if let Some((convention, coef)) = pass.lb
@@ -853,25 +851,6 @@ fn layout_of(batch: &Batch) -> Result<TokenLayout, TrainError> {
         batch.doc_ids.clone(),
     )
     .map_err(|e| TrainError::Model(format!("batch layout: {e}")))
-}
-
-/// Per-position cross-entropy `[B·T]` (0 where the target is -1).
-fn masked_ce(logits: Tensor<3>, targets: &[i32], device: &Device) -> Tensor<1> {
-    let [b, t, v] = logits.dims();
-    let n = b * t;
-    let logp = log_softmax(logits.reshape([n, v]), 1);
-    let ids: Vec<i64> = targets.iter().map(|&x| i64::from(x.max(0))).collect();
-    let mask: Vec<f32> = targets
-        .iter()
-        .map(|&x| f32::from(u8::from(x >= 0)))
-        .collect();
-    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [n, 1]), device);
-    let mask = Tensor::<1>::from_data(TensorData::new(mask, [n]), device);
-    logp.gather(1, ids).reshape([n]).neg() * mask
-}
-
-fn masked_ce_sum(logits: Tensor<3>, targets: &[i32], device: &Device) -> Tensor<1> {
-    masked_ce(logits, targets, device).sum()
 }
 
 fn scalar(t: &Tensor<1>) -> f64 {

@@ -1,0 +1,352 @@
+//! Routed experts as stacked tensors, run by batched matmuls over the routing plan.
+//!
+//! A per-expert loop issues a handful of tensor operations per expert (and, under autodiff, one
+//! full-size input gradient per expert gather): its cost grows with E, which on a GPU means
+//! thousands of kernel launches per step. Here the experts' weights are two stacked parameters
+//! and one dispatch runs every expert at once as `[S, C, H] × [S, H, 2I]` batched matmuls, where
+//! each expert's rows are padded to a common capacity `C`. The number of tensor operations is
+//! the same for any E.
+//!
+//! Under load imbalance one capacity wastes work on padding, so the dispatch may split the pairs
+//! into two *tiers*: every expert up to a capacity `C₁`, then only the overflowing experts (their
+//! weights gathered) for the rest. [`plan_tiers`] picks `C₁` by counting padded rows; decoding a
+//! few tokens thereby runs just the selected experts.
+
+use burn::module::{Module, Param};
+use burn::tensor::activation::silu;
+use burn::tensor::{DType, Device, IndexingUpdateOp, Int, Tensor, TensorData};
+use seqtopk_router::RoutingPlan;
+
+/// The routed experts of one MoE layer: `down(silu(x·gate) ⊙ x·up)` per expert, stacked.
+///
+/// Weights are stored input-major (as Burn's `Linear`), so a dispatch is a plain batched matmul.
+/// [`Self::from_hf`] and [`Self::to_hf`] convert from and to the Hugging Face transformers 5
+/// fused layout; the per-expert HF layout is its slices.
+#[derive(Module, Debug)]
+pub struct Experts {
+    /// `[E, H, 2I]`: each expert's gate projection (columns `..I`, HF `gate_proj`/`w1`) and up
+    /// projection (columns `I..`, HF `up_proj`/`w3`).
+    pub gate_up: Param<Tensor<3>>,
+    /// `[E, I, H]`: each expert's down projection (HF `down_proj`/`w2`).
+    pub down: Param<Tensor<3>>,
+}
+
+/// Expert weights in the Hugging Face fused layout, host copies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HfExperts {
+    /// Experts `E`.
+    pub num_experts: usize,
+    /// Hidden size `H`.
+    pub hidden: usize,
+    /// Expert width `I`.
+    pub intermediate: usize,
+    /// `[E, 2I, H]` row-major: per expert, the gate rows then the up rows (`[out, in]`).
+    pub gate_up: Vec<f32>,
+    /// `[E, H, I]` row-major (`[out, in]`).
+    pub down: Vec<f32>,
+}
+
+impl HfExperts {
+    /// Expert `e`'s HF `gate_proj`, `up_proj`, `down_proj` weights (`[I, H]`, `[I, H]`, `[H, I]`).
+    pub fn expert(&self, e: usize) -> [&[f32]; 3] {
+        let (h, i) = (self.hidden, self.intermediate);
+        let gu = &self.gate_up[e * 2 * i * h..(e + 1) * 2 * i * h];
+        [
+            &gu[..i * h],
+            &gu[i * h..],
+            &self.down[e * h * i..(e + 1) * h * i],
+        ]
+    }
+}
+
+impl Experts {
+    /// Builds the stacked parameters from the HF fused layout.
+    pub fn from_hf(hf: &HfExperts, device: &Device) -> Self {
+        let (e, h, i) = (hf.num_experts, hf.hidden, hf.intermediate);
+        let mut gate_up = Vec::with_capacity(e * h * 2 * i);
+        let mut down = Vec::with_capacity(e * i * h);
+        for x in 0..e {
+            gate_up.extend(transpose(
+                &hf.gate_up[x * 2 * i * h..(x + 1) * 2 * i * h],
+                2 * i,
+                h,
+            ));
+            down.extend(transpose(&hf.down[x * h * i..(x + 1) * h * i], h, i));
+        }
+        Self {
+            gate_up: Param::from_data(TensorData::new(gate_up, [e, h, 2 * i]), device),
+            down: Param::from_data(TensorData::new(down, [e, i, h]), device),
+        }
+    }
+
+    /// The weights in the HF fused layout (exact: transposes only).
+    pub fn to_hf(&self) -> Result<HfExperts, String> {
+        let [e, h, i2] = self.gate_up.val().dims();
+        let i = i2 / 2;
+        let read = |t: Tensor<3>| {
+            t.into_data()
+                .try_into_vec_as::<f32>()
+                .map_err(|err| format!("reading expert weights back failed: {err:?}"))
+        };
+        let gu = read(self.gate_up.val())?;
+        let dn = read(self.down.val())?;
+        let mut gate_up = Vec::with_capacity(gu.len());
+        let mut down = Vec::with_capacity(dn.len());
+        for x in 0..e {
+            gate_up.extend(transpose(&gu[x * h * i2..(x + 1) * h * i2], h, i2));
+            down.extend(transpose(&dn[x * i * h..(x + 1) * i * h], i, h));
+        }
+        Ok(HfExperts {
+            num_experts: e,
+            hidden: h,
+            intermediate: i,
+            gate_up,
+            down,
+        })
+    }
+
+    /// Experts `E`.
+    pub fn num_experts(&self) -> usize {
+        self.gate_up.val().dims()[0]
+    }
+
+    /// Every expert on every row, `[N, H]` → `[E, N, H]`: the dense reference the sparse
+    /// dispatch must equal (tests, analysis), not a training path.
+    pub fn forward_dense(&self, x: Tensor<2>) -> Tensor<3> {
+        let e = self.num_experts();
+        let [n, h] = x.dims();
+        let x = x.unsqueeze_dim::<3>(0).expand([e, n, h]);
+        self.swiglu(x, self.gate_up.val(), self.down.val())
+    }
+
+    fn swiglu(&self, x: Tensor<3>, gate_up: Tensor<3>, down: Tensor<3>) -> Tensor<3> {
+        let i = down.dims()[1];
+        let gu = x.matmul(gate_up);
+        let gate = gu.clone().narrow(2, 0, i);
+        let up = gu.narrow(2, i, i);
+        (silu(gate) * up).matmul(down)
+    }
+
+    /// `Σ_{(p, e) ∈ plan} w_{p,e} · expert_e(x_p)` for the flattened input `x` `[N, H]`.
+    ///
+    /// The combine weights multiply in f32 and the sum is rounded once, as Hugging Face does
+    /// (its router weights stay f32). Gradients reach `x` through one gather per tier, so no
+    /// per-expert full-size input gradient is ever allocated.
+    pub fn forward(&self, x: Tensor<2>, plan: &RoutingPlan) -> Tensor<2> {
+        let mut y = x.zeros_like();
+        let pairs = plan.num_pairs();
+        if pairs == 0 {
+            return y;
+        }
+        let device = x.device();
+        let counts: Vec<usize> = (0..plan.num_experts())
+            .map(|e| plan.expert_range(e).len())
+            .collect();
+        // One zero weight past the pairs: padded slots point at it and contribute nothing.
+        let weights = Tensor::cat(
+            vec![
+                plan.weights.clone(),
+                Tensor::zeros([1], (&device, plan.weights.dtype())),
+            ],
+            0,
+        );
+        for tier in plan_tiers(&counts) {
+            let slots = tier.slots(plan);
+            let (s, c) = (tier.experts.len(), tier.capacity);
+            let rows: Vec<i64> = slots
+                .iter()
+                .map(|slot| slot.map_or(0, |q| i64::from(plan.pair_positions()[q])))
+                .collect();
+            let slot_index: Vec<i64> = slots
+                .iter()
+                .map(|slot| slot.unwrap_or(pairs) as i64)
+                .collect();
+            let rows = int_tensor(rows, &device);
+            let [_, h] = x.dims();
+            let xg = x.clone().select(0, rows.clone()).reshape([s, c, h]);
+            let (gate_up, down) = if tier.all_experts {
+                (self.gate_up.val(), self.down.val())
+            } else {
+                let which = int_tensor(tier.experts.iter().map(|&e| e as i64).collect(), &device);
+                (
+                    self.gate_up.val().select(0, which.clone()),
+                    self.down.val().select(0, which),
+                )
+            };
+            let out = self.swiglu(xg, gate_up, down).reshape([s * c, h]);
+            let w = weights
+                .clone()
+                .select(0, int_tensor(slot_index, &device))
+                .unsqueeze_dim::<2>(1);
+            let contribution = match out.dtype() {
+                DType::F32 => out * w,
+                dtype => (out.cast(DType::F32) * w).cast(dtype),
+            };
+            y = y.select_assign(0, rows, contribution, IndexingUpdateOp::Add);
+        }
+        y
+    }
+}
+
+/// One batched pass of the dispatch: `experts` (ascending) each run on `capacity` rows, taking
+/// the pair slots `[skip, skip + capacity)` of their range in the plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tier {
+    /// Experts of the pass.
+    pub experts: Vec<usize>,
+    /// Whether `experts` is every expert (their weights are then used without a gather).
+    pub all_experts: bool,
+    /// Rows per expert.
+    pub capacity: usize,
+    /// Pair slots already handled by earlier tiers.
+    pub skip: usize,
+}
+
+impl Tier {
+    /// The plan's pair slot for each of the `experts.len() · capacity` rows, `None` for padding.
+    fn slots(&self, plan: &RoutingPlan) -> Vec<Option<usize>> {
+        let mut out = Vec::with_capacity(self.experts.len() * self.capacity);
+        for &e in &self.experts {
+            let range = plan.expert_range(e);
+            for j in 0..self.capacity {
+                let q = range.start + self.skip + j;
+                out.push((q < range.end).then_some(q));
+            }
+        }
+        out
+    }
+}
+
+/// Rows a gathered expert's weights are worth in the cost model (copying `3·H·I` weights and
+/// scattering their gradient back is cheap next to a row's `6·H·I` multiply-adds, but not free).
+const GATHERED_EXPERT_COST: usize = 2;
+
+/// Splits the dispatch of experts with `counts` pairs into at most two tiers: all experts up to
+/// a capacity `C₁`, then the experts with more than `C₁` pairs for the rest. `C₁` is the value
+/// (0 or one of the counts) that minimises padded rows plus [`GATHERED_EXPERT_COST`] per
+/// gathered expert; ties prefer the single all-expert tier.
+pub fn plan_tiers(counts: &[usize]) -> Vec<Tier> {
+    let e = counts.len();
+    let max = counts.iter().copied().max().unwrap_or(0);
+    if max == 0 {
+        return Vec::new();
+    }
+    let cost = |c1: usize| {
+        let over = counts.iter().filter(|&&c| c > c1).count();
+        e * c1 + over * ((max - c1) + GATHERED_EXPERT_COST)
+    };
+    let mut candidates: Vec<usize> = counts.to_vec();
+    candidates.push(0);
+    candidates.sort_unstable();
+    candidates.dedup();
+    // `max` first, so ties keep one tier.
+    let c1 = candidates
+        .into_iter()
+        .rev()
+        .min_by_key(|&c1| cost(c1))
+        .unwrap_or(max);
+    let mut tiers = Vec::with_capacity(2);
+    if c1 > 0 {
+        tiers.push(Tier {
+            experts: (0..e).collect(),
+            all_experts: true,
+            capacity: c1,
+            skip: 0,
+        });
+    }
+    if c1 < max {
+        let experts: Vec<usize> = (0..e).filter(|&x| counts[x] > c1).collect();
+        tiers.push(Tier {
+            all_experts: experts.len() == e,
+            experts,
+            capacity: max - c1,
+            skip: c1,
+        });
+    }
+    tiers
+}
+
+fn int_tensor(values: Vec<i64>, device: &Device) -> Tensor<1, Int> {
+    let len = values.len();
+    Tensor::from_data(TensorData::new(values, [len]), device)
+}
+
+/// `[rows, cols]` row-major → `[cols, rows]` row-major.
+fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    crate::weights::transpose(values, rows, cols)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn padded_rows(tiers: &[Tier]) -> usize {
+        tiers.iter().map(|t| t.experts.len() * t.capacity).sum()
+    }
+
+    #[test]
+    fn balanced_load_is_one_tier() {
+        let tiers = plan_tiers(&[4, 4, 4, 4]);
+        assert_eq!(tiers.len(), 1);
+        assert!(tiers[0].all_experts);
+        assert_eq!(tiers[0].capacity, 4);
+    }
+
+    #[test]
+    fn decoding_runs_only_the_selected_experts() {
+        // One token, top-2 of 64: two gathered experts with one row each.
+        let mut counts = vec![0; 64];
+        counts[5] = 1;
+        counts[40] = 1;
+        let tiers = plan_tiers(&counts);
+        assert_eq!(tiers.len(), 1);
+        assert_eq!(tiers[0].experts, vec![5, 40]);
+        assert!(!tiers[0].all_experts);
+        assert_eq!((tiers[0].capacity, tiers[0].skip), (1, 0));
+    }
+
+    #[test]
+    fn one_hot_expert_gets_a_second_tier() {
+        // 15 experts near 100, one at 400: a single capacity would pad ~4500 rows.
+        let mut counts = vec![100; 16];
+        counts[3] = 400;
+        let tiers = plan_tiers(&counts);
+        assert_eq!(tiers.len(), 2);
+        assert_eq!((tiers[0].capacity, tiers[1].capacity), (100, 300));
+        assert_eq!(tiers[1].experts, vec![3]);
+        assert!(padded_rows(&tiers) < 16 * 400);
+        // Every pair is covered exactly once.
+        for (e, &c) in counts.iter().enumerate() {
+            let covered: usize = tiers
+                .iter()
+                .filter(|t| t.experts.contains(&e))
+                .map(|t| t.capacity.min(c.saturating_sub(t.skip)))
+                .sum();
+            assert_eq!(covered, c);
+        }
+    }
+
+    #[test]
+    fn nothing_routed_is_no_tier() {
+        assert!(plan_tiers(&[0, 0, 0]).is_empty());
+    }
+
+    #[test]
+    fn hf_layout_round_trips_exactly() {
+        let device = Device::flex();
+        let (e, h, i) = (3, 4, 5);
+        let hf = HfExperts {
+            num_experts: e,
+            hidden: h,
+            intermediate: i,
+            gate_up: (0..e * 2 * i * h).map(|x| x as f32 * 0.5 - 7.0).collect(),
+            down: (0..e * h * i).map(|x| x as f32 * -0.25 + 3.0).collect(),
+        };
+        let experts = Experts::from_hf(&hf, &device);
+        assert_eq!(experts.to_hf().unwrap(), hf);
+        let [gate, up, down] = hf.expert(1);
+        assert_eq!(gate[0], hf.gate_up[2 * i * h]);
+        assert_eq!(up[0], hf.gate_up[2 * i * h + i * h]);
+        assert_eq!(down.len(), h * i);
+    }
+}
