@@ -197,10 +197,13 @@ pub fn hf_tensors(
                     format!("{p}.mlp")
                 };
                 push_linear(&mut out, &format!("{mp}.gate"), &moe.gate)?;
-                let experts = moe.experts.to_hf().map_err(|message| CheckpointError::Tensor {
-                    key: format!("{mp}.experts"),
-                    message,
-                })?;
+                let experts = moe
+                    .experts
+                    .to_hf()
+                    .map_err(|message| CheckpointError::Tensor {
+                        key: format!("{mp}.experts"),
+                        message,
+                    })?;
                 let (e, i) = (experts.num_experts, experts.intermediate);
                 match layout {
                     ExpertLayout::PerExpert => {

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use burn::tensor::Device;
 use clap::Args;
 use seqtopk_backend::Backend;
-use seqtopk_router::{RouterConfig, RoutingMode};
+use seqtopk_router::{OnlineBudget, RouterConfig, RoutingMode};
 
 /// Logs go to stderr so stdout stays machine-readable (JSON results).
 pub fn init_logging(filter: &str) {
@@ -55,6 +55,11 @@ pub struct RouterArgs {
     /// Probability mass for `top_p`.
     #[arg(long)]
     pub top_p_mass: Option<f64>,
+    /// Budget rule of `online_seqtopk`: `rank` (default, the authors' code: a token takes every
+    /// candidate ranking within the cumulative budget, up to the cap) or `strict` (never more
+    /// than the budget left; in practice per-token TopK).
+    #[arg(long, value_parser = parse_online_budget)]
+    pub online_budget: Option<OnlineBudget>,
 }
 
 impl RouterArgs {
@@ -65,6 +70,7 @@ impl RouterArgs {
             && self.cap.is_none()
             && self.floor.is_none()
             && self.top_p_mass.is_none()
+            && self.online_budget.is_none()
         {
             return Ok(None);
         }
@@ -76,6 +82,7 @@ impl RouterArgs {
         config.cap = self.cap;
         config.floor = self.floor;
         config.top_p = self.top_p_mass;
+        config.online_budget = self.online_budget;
         Ok(Some(config))
     }
 }
@@ -84,4 +91,9 @@ fn parse_mode(s: &str) -> Result<RoutingMode, String> {
     serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| {
         format!("unknown routing mode `{s}` (expected topk, seqtopk, online_seqtopk, batch_topk or top_p)")
     })
+}
+
+fn parse_online_budget(s: &str) -> Result<OnlineBudget, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned()))
+        .map_err(|_| format!("unknown online budget rule `{s}` (expected rank or strict)"))
 }

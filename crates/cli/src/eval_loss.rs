@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use safetensors::tensor::{Dtype, TensorView};
 use seqtopk_model::{MoeTransformer, causal_lm_loss};
-use seqtopk_router::TokenLayout;
+use seqtopk_router::{RoutingMode, TokenLayout};
 use serde_json::{Value, json};
 
 use crate::common::{DeviceArgs, RouterArgs};
@@ -106,11 +106,21 @@ pub fn apply_router(model: &mut MoeTransformer, args: &RouterArgs) -> Result<Val
                 "top_k": c.top_k,
                 "cap": c.cap,
                 "floor": c.floor,
+                "online_budget": (c.mode == RoutingMode::OnlineSeqtopk).then(|| c.online_budget.name()),
                 "renormalize": c.renormalize,
                 "num_experts": c.num_experts,
+                "causal": is_causal(c.mode),
             })
         }
     })
+}
+
+/// Whether a whole-sequence pass under `mode` routes each token from itself and the tokens
+/// before it only. `seqtopk` and `batch_topk` do not: a token's allocation depends on later
+/// tokens, the scored targets included, so their held-out loss is not that of a causal model
+/// (`online_seqtopk` is SeqTopK's causal form).
+pub fn is_causal(mode: RoutingMode) -> bool {
+    !matches!(mode, RoutingMode::Seqtopk | RoutingMode::BatchTopk)
 }
 
 /// Runs `eval loss`: prints one JSON object with the loss, the number of scored tokens and the
@@ -193,6 +203,15 @@ pub fn run(args: LossArgs) -> Result<()> {
         write_dump(path, &rows, t_max, vocab, &logits)?;
     }
     let loss = total / count as f64;
+    let note = model.router().filter(|r| !is_causal(r.mode())).map(|r| {
+        format!(
+            "{}: non-causal scoring — each token's experts depend on later tokens, the targets included; --router online_seqtopk routes causally",
+            r.mode()
+        )
+    });
+    if let Some(note) = &note {
+        tracing::warn!("{note}");
+    }
     let report = json!({
         "checkpoint": loaded.dir.display().to_string(),
         "rows": rows.len(),
@@ -200,6 +219,7 @@ pub fn run(args: LossArgs) -> Result<()> {
         "loss": loss,
         "perplexity": loss.exp(),
         "router": router,
+        "note": note,
         "logits": args.dump_logits.as_ref().map(|p| p.display().to_string()),
     });
     println!("{report}");

@@ -221,6 +221,9 @@ pub fn run(args: TaskArgs) -> Result<()> {
                 config.cap = args.router.cap;
                 config.floor = args.router.floor;
                 config.top_p = args.router.top_p_mass;
+                if mode == RoutingMode::OnlineSeqtopk {
+                    config.online_budget = args.router.online_budget;
+                }
                 Ok((mode, Some(k), Some(config)))
             })
             .collect::<Result<_>>()?,
@@ -268,6 +271,15 @@ pub fn run(args: TaskArgs) -> Result<()> {
         {
             notes.push(format!(
                 "{mode}: scoring passes route whole sequences; during generation each decode step is routed on its own (use online_seqtopk for causal sequence-level routing with the expert cache)"
+            ));
+        }
+        if matches!(mode, RoutingMode::Seqtopk | RoutingMode::BatchTopk)
+            && tasks
+                .iter()
+                .any(|t| matches!(t, TaskId::MmluLaw | TaskId::Lambada | TaskId::Ppl))
+        {
+            notes.push(format!(
+                "{mode}: log-likelihood scoring is non-causal (a token's experts depend on later tokens, the scored continuation included); online_seqtopk scores causally, routing the context as generation's prefill would"
             ));
         }
         let mut report = EvalReport {

@@ -227,6 +227,52 @@ fn router_override_changes_the_routing_and_is_reported() {
 }
 
 #[test]
+fn online_budget_rules_and_causality_are_reported() {
+    let dir = scratch("online");
+    let (ids, _, _) = golden_rows("olmoe-tiny", &dir);
+    let ckpt = fixture("olmoe-tiny");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "loss",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--input-ids",
+            ids.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        seqtopk(&args)
+    };
+    let rank = ok_json(&run(&["--router", "online_seqtopk"]));
+    assert_eq!(rank["router"]["online_budget"], "rank");
+    assert_eq!(rank["router"]["causal"], true);
+    assert!(rank["note"].is_null());
+    let strict = ok_json(&run(&[
+        "--router",
+        "online_seqtopk",
+        "--online-budget",
+        "strict",
+    ]));
+    assert_eq!(strict["router"]["online_budget"], "strict");
+    let seq = ok_json(&run(&["--router", "seqtopk"]));
+    assert_eq!(seq["router"]["causal"], false);
+    assert!(seq["router"]["online_budget"].is_null());
+    assert!(
+        seq["note"].as_str().unwrap().contains("non-causal"),
+        "{seq}"
+    );
+    let err = failure(&run(&["--router", "seqtopk", "--online-budget", "strict"]));
+    assert!(err.contains("online_budget"), "{err}");
+    let err = failure(&run(&[
+        "--router",
+        "online_seqtopk",
+        "--online-budget",
+        "loose",
+    ]));
+    assert!(err.contains("rank or strict"), "{err}");
+}
+
+#[test]
 fn bad_inputs_fail_with_a_clear_message() {
     let dir = scratch("errors");
     let ckpt = fixture("olmoe-tiny");

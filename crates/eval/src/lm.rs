@@ -135,6 +135,11 @@ impl<'a> Lm<'a> {
     /// input order. Inputs longer than the window lose context from the left. Rows are batched by
     /// length; one forward per batch, and only `[B, T]` log-probabilities and argmaxes are read
     /// back.
+    ///
+    /// Routing follows generation: under `online_seqtopk` the context is routed as a prefilled
+    /// prompt (offline SeqTopK) and the continuation causally, token by token
+    /// ([`MoeTransformer::forward_scoring`]). Under `seqtopk` and `batch_topk` the whole row
+    /// competes at once, so a context token's allocation depends on the continuation being scored.
     pub fn loglikelihood(
         &self,
         requests: &[(Vec<u32>, Vec<u32>)],
@@ -168,8 +173,11 @@ impl<'a> Lm<'a> {
             let mut ids = vec![pad; b * t];
             let mut targets = vec![0i64; b * t];
             let mut lengths = Vec::with_capacity(b);
-            for (r, (_, full, _)) in batch.iter().enumerate() {
+            let mut prompt_lens = Vec::with_capacity(b);
+            for (r, (_, full, cont_len)) in batch.iter().enumerate() {
                 let n = full.len() - 1;
+                // The context kept after truncation: what generation would prefill.
+                prompt_lens.push(full.len() - cont_len);
                 ids[r * t..r * t + n].copy_from_slice(&full[..n]);
                 for j in 0..n {
                     targets[r * t + j] = i64::from(full[j + 1]);
@@ -178,7 +186,7 @@ impl<'a> Lm<'a> {
             }
             let layout =
                 TokenLayout::from_lengths(t, &lengths).map_err(seqtopk_model::ModelError::from)?;
-            let (logp, argmax) = self.score_batch(&ids, &layout, targets)?;
+            let (logp, argmax) = self.score_batch(&ids, &layout, &prompt_lens, targets)?;
             for (r, (i, full, cont_len)) in batch.iter().enumerate() {
                 let n = full.len() - 1;
                 let mut logprob = 0.0;
@@ -205,10 +213,13 @@ impl<'a> Lm<'a> {
         &self,
         ids: &[u32],
         layout: &TokenLayout,
+        prompt_lens: &[usize],
         targets: Vec<i64>,
     ) -> Result<(Vec<f32>, Vec<i64>), EvalError> {
         let (b, t) = (layout.batch(), layout.seq_len());
-        let out = self.model.forward(ids, layout, self.device)?;
+        let out = self
+            .model
+            .forward_scoring(ids, layout, prompt_lens, self.device)?;
         let logp = log_softmax(out.logits, 2);
         let argmax = logp.clone().argmax(2).reshape([b * t]);
         let idx = Tensor::<3, Int>::from_data(TensorData::new(targets, [b, t, 1]), self.device);
@@ -227,6 +238,7 @@ impl<'a> Lm<'a> {
     /// Sum of next-token negative log-likelihoods of a document and the number of tokens scored.
     /// The document is cut into windows of `max_length` tokens that overlap by one token, so
     /// every token after the first is scored exactly once, with the context of its own window.
+    /// Each window is a one-token prompt, so `online_seqtopk` routes it causally throughout.
     pub fn document_nll(&self, ids: &[u32]) -> Result<(f64, usize), EvalError> {
         if ids.len() < 2 {
             return Ok((0.0, 0));

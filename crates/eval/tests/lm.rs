@@ -145,6 +145,97 @@ fn loglikelihoods_equal_an_independent_computation_and_do_not_depend_on_batching
     assert!(!lm.loglikelihood(&[(prompt, other)]).unwrap()[0].greedy);
 }
 
+/// Log-probability of each token of `cont` as generation computes it: the context prefilled,
+/// then the continuation fed one token at a time through the KV and expert caches.
+fn generation_logprobs(
+    model: &MoeTransformer,
+    ctx: &[u32],
+    cont: &[u32],
+    device: &Device,
+) -> Vec<f64> {
+    let mut state = model.new_decode_state(1);
+    let positions: Vec<usize> = (0..ctx.len()).collect();
+    let mut last = model
+        .forward_with(
+            ctx,
+            &TokenLayout::dense(1, ctx.len()),
+            &positions,
+            Some(&mut state),
+            device,
+        )
+        .unwrap()
+        .logits;
+    let mut out = Vec::new();
+    for (i, &id) in cont.iter().enumerate() {
+        let [_, t, v] = last.dims();
+        let row: Vec<f32> = last
+            .clone()
+            .narrow(1, t - 1, 1)
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .unwrap();
+        let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let lse = max
+            + row
+                .iter()
+                .map(|&x| (x as f64 - max).exp())
+                .sum::<f64>()
+                .ln();
+        assert_eq!(row.len(), v);
+        out.push(row[id as usize] as f64 - lse);
+        last = model
+            .forward_with(
+                &[id],
+                &TokenLayout::dense(1, 1),
+                &[ctx.len() + i],
+                Some(&mut state),
+                device,
+            )
+            .unwrap()
+            .logits;
+    }
+    out
+}
+
+#[test]
+fn online_seqtopk_loglikelihoods_equal_prefill_then_decode() {
+    // Under online_seqtopk the context is routed as a prefilled prompt and the continuation
+    // causally: the scores equal generation's, batched or not, and differ from routing the whole
+    // row causally from an empty history.
+    let (mut model, tok, device) = setup();
+    model
+        .set_routing(&RouterConfig::new(RoutingMode::OnlineSeqtopk, 2))
+        .unwrap();
+    let mut lm = Lm::new(&model, &tok, &device);
+    let requests: Vec<_> = [
+        (
+            "The court held that the parties",
+            " had agreed to the terms",
+        ),
+        ("2 + 2 =", " 4, and 3 + 3 = 6"),
+    ]
+    .iter()
+    .map(|(c, x)| lm.encode_pair(c, x).unwrap())
+    .collect();
+    lm.batch_size = 2;
+    let scored = lm.loglikelihood(&requests).unwrap();
+    let mut causal_differs = false;
+    for (i, (ctx, cont)) in requests.iter().enumerate() {
+        let expected: f64 = generation_logprobs(&model, ctx, cont, &device).iter().sum();
+        assert!(
+            (scored[i].logprob - expected).abs() < 1e-3,
+            "{i}: {} vs generation {expected}",
+            scored[i].logprob
+        );
+        let ids: Vec<u32> = ctx.iter().chain(cont).copied().collect();
+        let whole: f64 = host_logprobs(&model, &ids, &device)[ctx.len() - 1..]
+            .iter()
+            .sum();
+        causal_differs |= (whole - expected).abs() > 1e-6;
+    }
+    assert!(causal_differs, "the prompt's routing made no difference");
+}
+
 #[test]
 fn perplexity_matches_the_training_loss_and_windows_score_every_token_once() {
     let (model, tok, device) = setup();

@@ -36,7 +36,7 @@ pub use model::{
     DecodeState, DecoderLayer, Ffn, HiddenOutput, ModelOutput, MoeTransformer, causal_lm_loss,
     default_positions,
 };
-pub use objective::TargetNll;
 pub use moe::{RouteCall, SparseMoe};
 pub use norm::RmsNorm;
+pub use objective::TargetNll;
 pub use weights::{Init, SeededInit, WeightSource};

@@ -268,6 +268,35 @@ impl MoeTransformer {
         self.forward_with(input_ids, layout, &positions, None, device)
     }
 
+    /// Forward pass that routes each row the way generation would route a prompt of
+    /// `prompt_lens[b]` valid tokens followed by the rest of the row: under `online_seqtopk` the
+    /// prompt gets offline SeqTopK and every later token the causal rule against what came
+    /// before it ([`Router::route_prompted`]); other modes route as [`Self::forward`] does.
+    /// For scoring continuations with the allocation generation would use. Rows hold one
+    /// document each.
+    pub fn forward_scoring(
+        &self,
+        input_ids: &[u32],
+        layout: &TokenLayout,
+        prompt_lens: &[usize],
+        device: &Device,
+    ) -> Result<ModelOutput, ModelError> {
+        let positions = default_positions(layout);
+        let out = self.forward_hidden_with(
+            input_ids,
+            layout,
+            &positions,
+            None,
+            Some(prompt_lens),
+            device,
+        )?;
+        Ok(ModelOutput {
+            logits: self.logits(out.hidden),
+            router_outputs: out.router_outputs,
+            moe_layers: out.moe_layers,
+        })
+    }
+
     /// Forward pass with explicit positions (`[B·T]`) and optionally a generation state (the new
     /// tokens then attend to the cached ones, which they extend).
     pub fn forward_with(
@@ -278,7 +307,7 @@ impl MoeTransformer {
         state: Option<&mut DecodeState>,
         device: &Device,
     ) -> Result<ModelOutput, ModelError> {
-        let out = self.forward_hidden_with(input_ids, layout, positions, state, device)?;
+        let out = self.forward_hidden_with(input_ids, layout, positions, state, None, device)?;
         Ok(ModelOutput {
             logits: self.logits(out.hidden),
             router_outputs: out.router_outputs,
@@ -295,7 +324,7 @@ impl MoeTransformer {
         device: &Device,
     ) -> Result<HiddenOutput, ModelError> {
         let positions = default_positions(layout);
-        self.forward_hidden_with(input_ids, layout, &positions, None, device)
+        self.forward_hidden_with(input_ids, layout, &positions, None, None, device)
     }
 
     /// Next-token logits `[B, T, V]` in f32 from the final hidden states `[B, T, H]`.
@@ -325,6 +354,7 @@ impl MoeTransformer {
         layout: &TokenLayout,
         positions: &[usize],
         mut state: Option<&mut DecodeState>,
+        prompt_lens: Option<&[usize]>,
         device: &Device,
     ) -> Result<HiddenOutput, ModelError> {
         let (b, t) = (layout.batch(), layout.seq_len());
@@ -414,10 +444,13 @@ impl MoeTransformer {
                         .router
                         .as_ref()
                         .ok_or_else(|| ModelError::Input("MoE layer without a router".into()))?;
-                    let call = match expert_cache {
-                        Some(cache) if cache.is_empty() => RouteCall::Prefill(cache),
-                        Some(cache) => RouteCall::Decode(cache),
-                        None => RouteCall::Full,
+                    let call = match (expert_cache, prompt_lens) {
+                        (Some(cache), _) if cache.is_empty() => RouteCall::Prefill(cache),
+                        (Some(cache), _) => RouteCall::Decode(cache),
+                        (None, Some(lens)) if router.mode() == RoutingMode::OnlineSeqtopk => {
+                            RouteCall::Prompted(lens)
+                        }
+                        (None, _) => RouteCall::Full,
                     };
                     let (y, out) = moe.forward(x, router, layout, call)?;
                     router_outputs.push(out);

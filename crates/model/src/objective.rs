@@ -92,8 +92,7 @@ impl MoeTransformer {
             Some(grads) => {
                 // Summed in f32: half-precision sums of N·H products would overflow.
                 let f32_sum = |t: Tensor<2>| t.cast(DType::F32).sum();
-                let mut surrogate =
-                    f32_sum(hidden * grads.hidden) + f32_sum(weight * grads.weight);
+                let mut surrogate = f32_sum(hidden * grads.hidden) + f32_sum(weight * grads.weight);
                 if let (Some(bias), Some(grad)) = (bias, grads.bias) {
                     let grad = grad.cast(bias.dtype());
                     surrogate = surrogate + (bias * grad).cast(DType::F32).sum();
@@ -174,7 +173,11 @@ fn head_chunks(
                 let part = g.clone().sum_dim(0).reshape([g.dims()[1]]);
                 d_bias = Some(accumulate(d_bias.take(), part));
             }
-            let g = if dtype == DType::F32 { g } else { g.cast(dtype) };
+            let g = if dtype == DType::F32 {
+                g
+            } else {
+                g.cast(dtype)
+            };
             d_hidden.push(g.clone().matmul(weight.clone().transpose()));
             d_weight = Some(accumulate(d_weight.take(), h.transpose().matmul(g)));
         }
@@ -270,7 +273,10 @@ mod tests {
             );
             let mask = Tensor::<2>::from_data(
                 TensorData::new(
-                    targets.iter().map(|&x| f32::from(u8::from(x >= 0))).collect(),
+                    targets
+                        .iter()
+                        .map(|&x| f32::from(u8::from(x >= 0)))
+                        .collect(),
                     [14, 1],
                 ),
                 &device,
@@ -279,7 +285,10 @@ mod tests {
             let want_loss = values(reference.clone())[0];
             let want_grads = reference.backward();
 
-            assert!((got_loss - want_loss).abs() < 1e-4, "{got_loss} vs {want_loss}");
+            assert!(
+                (got_loss - want_loss).abs() < 1e-4,
+                "{got_loss} vs {want_loss}"
+            );
             assert_eq!(nll.positions.len(), 11);
             let per_target: f32 = values(nll.per_target).iter().sum();
             assert!((per_target - want_loss).abs() < 1e-4);
@@ -322,7 +331,10 @@ mod tests {
         let device = Device::flex();
         let model = MoeTransformer::init(&config(false), 5, &device).unwrap();
         let layout = TokenLayout::dense(1, 3);
-        let hidden = model.forward_hidden(&[1, 2, 3], &layout, &device).unwrap().hidden;
+        let hidden = model
+            .forward_hidden(&[1, 2, 3], &layout, &device)
+            .unwrap()
+            .hidden;
         let err = model.target_nll(hidden.clone(), &[1, 37, -1]).unwrap_err();
         assert!(err.to_string().contains("target id 37"), "{err}");
         let err = model.target_nll(hidden, &[1, 2]).unwrap_err();

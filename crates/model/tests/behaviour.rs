@@ -89,19 +89,128 @@ fn hf_load_balancing_loss_matches_golden() {
 fn seqtopk_routing_changes_allocation_not_budget() {
     let device = Device::flex();
     let mut model = load_checkpoint(fixture("olmoe-tiny"), &device).unwrap();
+    let ids: Vec<u32> = (0..24).map(|i| (i * 37 % 256) as u32).collect();
+    let layout = TokenLayout::from_lengths(12, &[12, 9]).unwrap();
+    let topk = model.forward(&ids, &layout, &device).unwrap();
     model
         .set_routing(&RouterConfig::new(RoutingMode::Seqtopk, 2))
         .unwrap();
-    let ids: Vec<u32> = (0..24).map(|i| (i * 37 % 256) as u32).collect();
-    let layout = TokenLayout::from_lengths(12, &[12, 9]).unwrap();
     let out = model.forward(&ids, &layout, &device).unwrap();
-    for r in &out.router_outputs {
-        // Budget T_valid·K per sequence, cap K+2, floor 1.
-        assert_eq!(r.plan.num_pairs(), (12 + 9) * 2);
-        assert!(r.plan.stats.experts_per_token.iter().all(|&c| c <= 4));
+    let mut moved = 0;
+    for (r, t) in out.router_outputs.iter().zip(&topk.router_outputs) {
+        // Budget T_valid·K per sequence plus one pair per token rescued by the floor (a rescued
+        // token ends with exactly one expert), cap K+2, floor 1.
+        let counts = &r.plan.stats.experts_per_token;
+        let at_one = counts.iter().filter(|&&c| c == 1).count();
+        assert!(
+            ((12 + 9) * 2..=(12 + 9) * 2 + at_one).contains(&r.plan.num_pairs()),
+            "{} pairs",
+            r.plan.num_pairs()
+        );
+        assert!(counts.iter().all(|&c| c <= 4));
+        // The allocation is not TopK's: some valid tokens get other than K, or other experts.
+        let sets = |o: &seqtopk_router::RouterOutput| -> Vec<Vec<u32>> {
+            o.plan
+                .per_token()
+                .into_iter()
+                .map(|l| {
+                    let mut s: Vec<u32> = l.into_iter().map(|(e, _)| e).collect();
+                    s.sort_unstable();
+                    s
+                })
+                .collect()
+        };
+        moved += sets(r)
+            .iter()
+            .zip(sets(t))
+            .filter(|(a, b)| **a != *b)
+            .count();
+        assert!(
+            counts
+                .iter()
+                .zip(layout.valid())
+                .any(|(&c, &v)| v && c != 2)
+        );
     }
+    assert!(moved > 0, "SeqTopK routed exactly as TopK");
     let logits = to_vec(out.logits);
     assert!(logits.iter().all(|x| x.is_finite()));
+}
+
+#[test]
+fn scoring_routes_a_continuation_the_way_generation_does() {
+    // `forward_scoring` with the prompt length routes the prompt with offline SeqTopK and the
+    // continuation causally: the same experts and logits as prefilling the prompt and decoding
+    // the continuation through the KV and expert caches.
+    let device = Device::flex();
+    let mut model = load_checkpoint(fixture("qwen3_moe-tiny"), &device).unwrap();
+    model
+        .set_routing(&RouterConfig::new(RoutingMode::OnlineSeqtopk, 2))
+        .unwrap();
+    let prompt: Vec<u32> = vec![5, 9, 13, 200, 17];
+    let cont: Vec<u32> = vec![40, 7, 99, 3, 120, 64];
+    let all: Vec<u32> = prompt.iter().chain(&cont).copied().collect();
+    let n = all.len();
+    let scored = model
+        .forward_scoring(&all, &TokenLayout::dense(1, n), &[prompt.len()], &device)
+        .unwrap();
+
+    let mut state = model.new_decode_state(1);
+    let positions: Vec<usize> = (0..prompt.len()).collect();
+    let mut steps = vec![
+        model
+            .forward_with(
+                &prompt,
+                &TokenLayout::dense(1, prompt.len()),
+                &positions,
+                Some(&mut state),
+                &device,
+            )
+            .unwrap(),
+    ];
+    for (i, &id) in cont.iter().enumerate() {
+        steps.push(
+            model
+                .forward_with(
+                    &[id],
+                    &TokenLayout::dense(1, 1),
+                    &[prompt.len() + i],
+                    Some(&mut state),
+                    &device,
+                )
+                .unwrap(),
+        );
+    }
+    let generated_logits: Vec<f32> = steps
+        .iter()
+        .flat_map(|s| to_vec(s.logits.clone()))
+        .collect();
+    let scored_logits = to_vec(scored.logits.clone());
+    let max = scored_logits
+        .iter()
+        .zip(&generated_logits)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(max < 1e-4, "scoring vs generation logits max diff {max}");
+    for (j, out) in scored.router_outputs.iter().enumerate() {
+        let want: Vec<u32> = steps
+            .iter()
+            .flat_map(|s| s.router_outputs[j].plan.stats.experts_per_token.clone())
+            .collect();
+        assert_eq!(out.plan.stats.experts_per_token, want, "MoE layer {j}");
+    }
+    // A plain forward routes every token causally from an empty history instead: a different
+    // allocation for the prompt.
+    let plain = model
+        .forward(&all, &TokenLayout::dense(1, n), &device)
+        .unwrap();
+    assert!(
+        plain
+            .router_outputs
+            .iter()
+            .zip(&scored.router_outputs)
+            .any(|(a, b)| a.plan.stats.experts_per_token != b.plan.stats.experts_per_token)
+    );
 }
 
 #[test]

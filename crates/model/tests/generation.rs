@@ -321,6 +321,7 @@ fn online_seqtopk_decode_routing_equals_the_router_on_cached_scores() {
                             cands.scores_of(row),
                             m_tokens * k,
                             floor,
+                            router.config().online_budget,
                         );
                         cands.experts_of(row)[..n as usize]
                             .iter()

@@ -41,6 +41,41 @@ impl std::fmt::Display for RoutingMode {
     }
 }
 
+/// How `online_seqtopk` charges a new token against the cumulative budget `m·K` of its row.
+///
+/// Both rules rank the token's candidates (its top `cap` scores) together with the scores the
+/// history was given; they differ in whether a token may spend more than the budget left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnlineBudget {
+    /// The authors' code: concatenate the history's selected scores with the token's capped
+    /// scores, take the flat top `m·K` (positive scores only), OR in the token's top-1. A token
+    /// whose candidates outrank the history takes up to `cap`; the history then holds more pairs,
+    /// so later tokens pay the overspend back. This is the rule that reallocates.
+    #[default]
+    Rank,
+    /// The paper's prose: as `rank`, but never more than the budget left (`m·K` minus the pairs
+    /// already spent), so the cumulative total never exceeds `m·K` except for floor rescues.
+    /// A token then rarely gets other than K: in practice per-token TopK (docs/eval.md).
+    Strict,
+}
+
+impl OnlineBudget {
+    /// The rule's name as a recipe spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            OnlineBudget::Rank => "rank",
+            OnlineBudget::Strict => "strict",
+        }
+    }
+}
+
+impl std::fmt::Display for OnlineBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Which convention the load-balancing loss follows; the three differ by constant factors and by
 /// what they average over, which matters when copying a coefficient from another framework.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -115,6 +150,9 @@ pub struct RouterConfig {
     /// Probability mass for `top_p`.
     #[serde(default)]
     pub top_p: Option<f64>,
+    /// Budget rule of `online_seqtopk` (default `rank`, the authors' code).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online_budget: Option<OnlineBudget>,
     /// Renormalise the selected weights of each token to sum to 1. Default: the model's
     /// `norm_topk_prob`.
     #[serde(default)]
@@ -136,6 +174,7 @@ impl RouterConfig {
             cap: None,
             floor: None,
             top_p: None,
+            online_budget: None,
             renormalize: None,
             load_balance: LoadBalanceConfig::default(),
             z_loss_coef: 0.0,
@@ -157,6 +196,12 @@ impl RouterConfig {
     /// Sets the `top_p` mass.
     pub fn with_top_p(mut self, p: f64) -> Self {
         self.top_p = Some(p);
+        self
+    }
+
+    /// Sets the budget rule of `online_seqtopk`.
+    pub fn with_online_budget(mut self, rule: OnlineBudget) -> Self {
+        self.online_budget = Some(rule);
         self
     }
 
@@ -253,6 +298,17 @@ impl RouterConfig {
             }
             (_, None) => 0.0,
         };
+        if let Some(rule) = self.online_budget
+            && self.mode != RoutingMode::OnlineSeqtopk
+        {
+            return Err(invalid(
+                "online_budget",
+                format!(
+                    "only used by mode `online_seqtopk`, not `{}` (got `{rule}`)",
+                    self.mode
+                ),
+            ));
+        }
         if !(self.load_balance.coef >= 0.0 && self.load_balance.coef.is_finite()) {
             return Err(invalid(
                 "load_balance.coef",
@@ -275,6 +331,7 @@ impl RouterConfig {
             cap,
             floor,
             top_p,
+            online_budget: self.online_budget.unwrap_or_default(),
             renormalize: self.renormalize.unwrap_or(model_norm_topk_prob),
             load_balance: self.load_balance.clone(),
             z_loss_coef: self.z_loss_coef,
@@ -297,6 +354,8 @@ pub struct ResolvedConfig {
     pub floor: usize,
     /// Mass for `top_p` (0 for other modes).
     pub top_p: f64,
+    /// Budget rule of `online_seqtopk` (`rank` for the other modes, where it is unused).
+    pub online_budget: OnlineBudget,
     /// Whether selected weights are renormalised per token.
     pub renormalize: bool,
     /// Load-balancing loss settings.
@@ -383,6 +442,32 @@ mod tests {
         assert!(err.to_string().contains("capp"), "{err}");
         let err = toml::from_str::<RouterConfig>("top_k = 2\nmode = \"seq\"\n").unwrap_err();
         assert!(err.to_string().contains("seqtopk"), "{err}");
+    }
+
+    #[test]
+    fn online_budget_defaults_to_rank_and_belongs_to_online_seqtopk() {
+        let c = RouterConfig::new(RoutingMode::OnlineSeqtopk, 2)
+            .validate(8, false)
+            .unwrap();
+        assert_eq!(c.online_budget, OnlineBudget::Rank);
+        let cfg: RouterConfig =
+            toml::from_str("mode = \"online_seqtopk\"\ntop_k = 2\nonline_budget = \"strict\"\n")
+                .unwrap();
+        assert_eq!(
+            cfg.validate(8, false).unwrap().online_budget,
+            OnlineBudget::Strict
+        );
+        let err = RouterConfig::new(RoutingMode::Seqtopk, 2)
+            .with_online_budget(OnlineBudget::Strict)
+            .validate(8, false)
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with("router.online_budget:"),
+            "{err}"
+        );
+        let err =
+            toml::from_str::<RouterConfig>("top_k = 2\nonline_budget = \"loose\"\n").unwrap_err();
+        assert!(err.to_string().contains("strict"), "{err}");
     }
 
     #[test]

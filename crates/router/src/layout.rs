@@ -5,13 +5,15 @@ use crate::RoutingError;
 /// Padding and document structure of a batch, on the host.
 ///
 /// Packed rows hold several documents; SeqTopK must let only tokens of the same document
-/// compete, and padding must neither compete nor consume budget.
+/// compete, and padding must neither compete nor consume budget. The documents are grouped once,
+/// when the layout is built: every MoE layer and every router loss of the batch reads them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenLayout {
     batch: usize,
     seq_len: usize,
     valid: Vec<bool>,
     doc_ids: Vec<u32>,
+    documents: Segments,
 }
 
 /// Valid positions grouped into competition segments (one per document of each row), in
@@ -46,12 +48,12 @@ impl Segments {
 impl TokenLayout {
     /// Every position valid, one document per row.
     pub fn dense(batch: usize, seq_len: usize) -> Self {
-        Self {
+        Self::build(
             batch,
             seq_len,
-            valid: vec![true; batch * seq_len],
-            doc_ids: vec![0; batch * seq_len],
-        }
+            vec![true; batch * seq_len],
+            vec![0; batch * seq_len],
+        )
     }
 
     /// Right-padded rows: row `b` holds `lengths[b]` tokens, then padding.
@@ -65,12 +67,8 @@ impl TokenLayout {
             }
             valid.extend((0..seq_len).map(|t| t < len));
         }
-        Ok(Self {
-            batch: lengths.len(),
-            seq_len,
-            valid,
-            doc_ids: vec![0; lengths.len() * seq_len],
-        })
+        let batch = lengths.len();
+        Ok(Self::build(batch, seq_len, valid, vec![0; batch * seq_len]))
     }
 
     /// A layout from per-position validity and document ids (both `[B·T]`, row-major).
@@ -88,12 +86,18 @@ impl TokenLayout {
                 doc_ids.len()
             )));
         }
-        Ok(Self {
+        Ok(Self::build(batch, seq_len, valid, doc_ids))
+    }
+
+    fn build(batch: usize, seq_len: usize, valid: Vec<bool>, doc_ids: Vec<u32>) -> Self {
+        let documents = group_documents(batch, seq_len, &valid, &doc_ids);
+        Self {
             batch,
             seq_len,
             valid,
             doc_ids,
-        })
+            documents,
+        }
     }
 
     /// Rows in the batch, `B`.
@@ -126,36 +130,10 @@ impl TokenLayout {
         self.valid.iter().filter(|&&v| v).count()
     }
 
-    /// One segment per (row, document id): the units SeqTopK competes within.
-    pub fn documents(&self) -> Segments {
-        let mut offsets = vec![0];
-        let mut tokens = Vec::with_capacity(self.num_valid());
-        let mut of_position = vec![None; self.num_positions()];
-        for b in 0..self.batch {
-            let row = b * self.seq_len..(b + 1) * self.seq_len;
-            let mut docs: Vec<u32> = row
-                .clone()
-                .filter(|&p| self.valid[p])
-                .map(|p| self.doc_ids[p])
-                .collect();
-            docs.sort_unstable();
-            docs.dedup();
-            for doc in docs {
-                let s = (offsets.len() - 1) as u32;
-                for p in row.clone() {
-                    if self.valid[p] && self.doc_ids[p] == doc {
-                        tokens.push(p as u32);
-                        of_position[p] = Some(s);
-                    }
-                }
-                offsets.push(tokens.len());
-            }
-        }
-        Segments {
-            offsets,
-            tokens,
-            of_position,
-        }
+    /// One segment per (row, document id): the units SeqTopK competes within. Segments follow
+    /// row order, and within a row ascending document id.
+    pub fn documents(&self) -> &Segments {
+        &self.documents
     }
 
     /// A single segment holding every valid token of the batch (for `batch_topk`).
@@ -175,6 +153,39 @@ impl TokenLayout {
             tokens,
             of_position,
         }
+    }
+}
+
+/// Groups the valid positions of each row by document id: a stable sort per row, O(T log T).
+fn group_documents(batch: usize, seq_len: usize, valid: &[bool], doc_ids: &[u32]) -> Segments {
+    let n_valid = valid.iter().filter(|&&v| v).count();
+    let mut offsets = vec![0];
+    let mut tokens = Vec::with_capacity(n_valid);
+    let mut of_position = vec![None; batch * seq_len];
+    for b in 0..batch {
+        let start = tokens.len();
+        tokens.extend(
+            (b * seq_len..(b + 1) * seq_len)
+                .filter(|&p| valid[p])
+                .map(|p| p as u32),
+        );
+        let row = &mut tokens[start..];
+        row.sort_by_key(|&p| doc_ids[p as usize]);
+        for i in 0..row.len() {
+            let p = row[i] as usize;
+            if i > 0 && doc_ids[p] != doc_ids[row[i - 1] as usize] {
+                offsets.push(start + i);
+            }
+            of_position[p] = Some((offsets.len() - 1) as u32);
+        }
+        if !row.is_empty() {
+            offsets.push(tokens.len());
+        }
+    }
+    Segments {
+        offsets,
+        tokens,
+        of_position,
     }
 }
 
@@ -198,6 +209,26 @@ mod tests {
         assert_eq!(seg.tokens_of(2), &[4, 5]);
         assert_eq!(seg.tokens_of(3), &[6, 7]);
         assert_eq!(seg.of_position[3], None);
+    }
+
+    #[test]
+    fn documents_group_interleaved_ids_and_skip_empty_rows() {
+        // Row 0 all padding; row 1 interleaves documents 3 and 1 (segments by ascending id).
+        let layout = TokenLayout::new(
+            2,
+            4,
+            vec![false, false, false, false, true, true, true, false],
+            vec![0, 0, 0, 0, 3, 1, 3, 1],
+        )
+        .unwrap();
+        let seg = layout.documents();
+        assert_eq!(seg.len(), 2);
+        assert_eq!(seg.tokens_of(0), &[5]);
+        assert_eq!(seg.tokens_of(1), &[4, 6]);
+        assert_eq!(
+            seg.of_position,
+            vec![None, None, None, None, Some(1), Some(0), Some(1), None]
+        );
     }
 
     #[test]

@@ -25,7 +25,9 @@ mod plan;
 mod router;
 pub mod select;
 
-pub use config::{LbConvention, LbDispatch, LoadBalanceConfig, RouterConfig, RoutingMode};
+pub use config::{
+    LbConvention, LbDispatch, LoadBalanceConfig, OnlineBudget, RouterConfig, RoutingMode,
+};
 pub use error::RoutingError;
 pub use layout::{Segments, TokenLayout};
 pub use loss::{load_balancing_loss, z_loss};

@@ -57,7 +57,8 @@ impl Router {
     }
 
     /// Routes a whole batch. In `online_seqtopk` mode every token competes causally against the
-    /// pairs of the tokens before it in its document (what decoding with an empty prompt gives).
+    /// pairs of the tokens before it in its document (what decoding with an empty prompt gives;
+    /// [`Router::route_prompted`] routes a prompt the way generation's prefill does).
     ///
     /// One host synchronisation: the per-token candidates are read back once.
     pub fn route(
@@ -69,15 +70,65 @@ impl Router {
         let c = &self.config;
         let counts = match c.mode {
             RoutingMode::Topk => select::topk(layout.valid(), c.top_k),
-            RoutingMode::Seqtopk => select::budgeted(&cands, &layout.documents(), c.top_k, c.floor),
+            RoutingMode::Seqtopk => select::budgeted(&cands, layout.documents(), c.top_k, c.floor),
             RoutingMode::BatchTopk => {
                 select::budgeted(&cands, &layout.whole_batch(), c.top_k, c.floor)
             }
             RoutingMode::TopP => select::top_p(&cands, layout.valid(), c.top_p),
-            RoutingMode::OnlineSeqtopk => {
-                select::causal(&cands, &layout.documents(), c.top_k, c.floor)
-            }
+            RoutingMode::OnlineSeqtopk => select::causal(
+                &cands,
+                layout.documents(),
+                c.top_k,
+                c.floor,
+                c.online_budget,
+            ),
         };
+        Ok(self.finish(logits, probs, &cands, &counts, layout))
+    }
+
+    /// Routes whole sequences the way generation would, in `online_seqtopk` mode: the first
+    /// `prompt_lens[b]` valid tokens of row `b` are the prompt, routed with offline SeqTopK as
+    /// [`Router::route_prefill`] does, and each later token is routed causally against the
+    /// prompt and the tokens before it, as [`Router::route_decode`] would route it. Scoring a
+    /// continuation this way gives the allocation generation would have used. Rows must hold one
+    /// document each (padding allowed); a prompt length of 0 is [`Router::route`].
+    pub fn route_prompted(
+        &self,
+        logits: Tensor<3>,
+        layout: &TokenLayout,
+        prompt_lens: &[usize],
+    ) -> Result<RouterOutput, RoutingError> {
+        self.expect_online("route_prompted")?;
+        if prompt_lens.len() != layout.batch() {
+            return Err(RoutingError::Shape(format!(
+                "prompt_lens has {} entries, the batch has {} rows",
+                prompt_lens.len(),
+                layout.batch()
+            )));
+        }
+        let docs = layout.documents();
+        let mut per_segment = Vec::with_capacity(docs.len());
+        for (b, (&len, segment)) in prompt_lens.iter().zip(row_documents(layout)?).enumerate() {
+            let valid = segment.map_or(0, |s| docs.tokens_of(s).len());
+            if len > valid {
+                return Err(RoutingError::Layout(format!(
+                    "prompt_lens[{b}] = {len} exceeds the row's {valid} valid tokens"
+                )));
+            }
+            if segment.is_some() {
+                per_segment.push(len);
+            }
+        }
+        let (logits, probs, cands) = self.prepare(logits, layout)?;
+        let c = &self.config;
+        let counts = select::prompted(
+            &cands,
+            docs,
+            &per_segment,
+            c.top_k,
+            c.floor,
+            c.online_budget,
+        );
         Ok(self.finish(logits, probs, &cands, &counts, layout))
     }
 
@@ -99,22 +150,25 @@ impl Router {
                 cache.len()
             )));
         }
-        let docs = layout.documents();
-        if docs.len() > layout.batch() {
-            return Err(RoutingError::Layout(
-                "generation prompts must be one document per row".into(),
-            ));
-        }
+        row_documents(layout)?;
         let (logits, probs, cands) = self.prepare(logits, layout)?;
         let c = &self.config;
-        let counts = select::budgeted(&cands, &docs, c.top_k, c.floor);
-        self.append_to_cache(cache, &cands, &counts, layout);
+        let counts = select::budgeted(&cands, layout.documents(), c.top_k, c.floor);
+        let t = layout.seq_len();
+        for b in 0..layout.batch() {
+            cache.extend(
+                b,
+                (b * t..(b + 1) * t)
+                    .map(|p| (layout.valid()[p], selected_pairs(&cands, p, counts[p]))),
+            );
+        }
         Ok(self.finish(logits, probs, &cands, &counts, layout))
     }
 
     /// Decode steps in `online_seqtopk` mode: each new position (in order) gets the candidates
     /// it wins against its row's cached selections under the cumulative budget `m·K`, where `m`
-    /// counts the row's valid tokens including this one. The cache grows by the new positions.
+    /// counts the row's valid tokens including this one, by the configured
+    /// [`crate::OnlineBudget`] rule. The cache grows by the new positions.
     pub fn route_decode(
         &self,
         logits: Tensor<3>,
@@ -138,6 +192,7 @@ impl Router {
                         cands.scores_of(p),
                         m * c.top_k,
                         c.floor,
+                        c.online_budget,
                     );
                 }
                 let selected = selected_pairs(&cands, p, counts[p]);
@@ -170,22 +225,6 @@ impl Router {
             )));
         }
         Ok(())
-    }
-
-    fn append_to_cache(
-        &self,
-        cache: &mut ExpertCache,
-        cands: &Candidates,
-        counts: &[u32],
-        layout: &TokenLayout,
-    ) {
-        let t = layout.seq_len();
-        for b in 0..layout.batch() {
-            for i in 0..t {
-                let p = b * t + i;
-                cache.push(b, layout.valid()[p], &selected_pairs(cands, p, counts[p]));
-            }
-        }
     }
 
     /// Checks shapes, computes f32 probabilities, and reads the candidates back.
@@ -281,6 +320,24 @@ impl Router {
             top_k: c.top_k,
         }
     }
+}
+
+/// The one document (segment) of each row, `None` for an all-padding row; an error for a row
+/// that packs several, which generation-style routing cannot handle.
+fn row_documents(layout: &TokenLayout) -> Result<Vec<Option<usize>>, RoutingError> {
+    let (docs, t) = (layout.documents(), layout.seq_len());
+    (0..layout.batch())
+        .map(|b| {
+            let mut segments = (b * t..(b + 1) * t).filter_map(|p| docs.of_position[p]);
+            let first = segments.next();
+            if segments.any(|s| Some(s) != first) {
+                return Err(RoutingError::Layout(format!(
+                    "row {b} holds several documents; prompts must be one document per row"
+                )));
+            }
+            Ok(first.map(|s| s as usize))
+        })
+        .collect()
 }
 
 fn selected_pairs(cands: &Candidates, p: usize, count: u32) -> Vec<(u32, f32)> {

@@ -13,7 +13,7 @@
 
 use std::cmp::Ordering;
 
-use crate::Segments;
+use crate::{OnlineBudget, Segments};
 
 /// Each token's top-`width` experts and their scores, sorted by descending score.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,31 +84,49 @@ pub fn topk(valid: &[bool], k: usize) -> Vec<u32> {
 /// competition and were given their own top-1 (the paper's order: compete, then rescue).
 pub fn budgeted(cands: &Candidates, segments: &Segments, k: usize, floor: usize) -> Vec<u32> {
     let mut counts = vec![0u32; cands.num_tokens()];
-    let mut entries: Vec<(f32, u32, u32)> = Vec::new();
+    let mut entries = Vec::new();
     for s in 0..segments.len() {
-        let tokens = segments.tokens_of(s);
-        let budget = tokens.len() * k;
-        entries.clear();
-        for &p in tokens {
-            for (rank, &score) in cands.scores_of(p as usize).iter().enumerate() {
-                if score > 0.0 {
-                    entries.push((score, p, rank as u32));
-                }
-            }
-        }
-        let keep = budget.min(entries.len());
-        if keep < entries.len() && keep > 0 {
-            entries.select_nth_unstable_by(keep - 1, entry_order);
-        }
-        for &(_, p, _) in &entries[..keep] {
-            counts[p as usize] += 1;
-        }
-        for &p in tokens {
-            let c = &mut counts[p as usize];
-            *c = (*c).max(floor as u32);
-        }
+        budgeted_tokens(
+            cands,
+            segments.tokens_of(s),
+            k,
+            floor,
+            &mut counts,
+            &mut entries,
+        );
     }
     counts
+}
+
+/// [`budgeted`] over one group of tokens, writing their counts.
+fn budgeted_tokens(
+    cands: &Candidates,
+    tokens: &[u32],
+    k: usize,
+    floor: usize,
+    counts: &mut [u32],
+    entries: &mut Vec<(f32, u32, u32)>,
+) {
+    let budget = tokens.len() * k;
+    entries.clear();
+    for &p in tokens {
+        for (rank, &score) in cands.scores_of(p as usize).iter().enumerate() {
+            if score > 0.0 {
+                entries.push((score, p, rank as u32));
+            }
+        }
+    }
+    let keep = budget.min(entries.len());
+    if keep < entries.len() && keep > 0 {
+        entries.select_nth_unstable_by(keep - 1, entry_order);
+    }
+    for &(_, p, _) in &entries[..keep] {
+        counts[p as usize] += 1;
+    }
+    for &p in tokens {
+        let c = &mut counts[p as usize];
+        *c = (*c).max(floor as u32);
+    }
 }
 
 /// Descending score, then earlier position, then better candidate rank.
@@ -142,14 +160,20 @@ pub fn top_p(cands: &Candidates, valid: &[bool], p: f64) -> Vec<u32> {
 
 /// How many of a new token's candidates it wins against a history under the cumulative budget.
 ///
-/// `past_desc` holds the scores of every pair the history was given, sorted descending. Union
-/// rank of candidate `j` = past entries with a score `>=` its own (earlier tokens win ties) plus
-/// `j`; it is selected while that rank is below `budget` and its score is positive, and never
-/// beyond the budget left (`budget - past pairs`), so the cumulative total stays `<= m·K` except
-/// for floor rescues. The first `floor` candidates are kept regardless. Past choices are never
-/// revised.
-pub fn online_count(past_desc: &[f32], scores: &[f32], budget: usize, floor: usize) -> u32 {
-    let left = budget.saturating_sub(past_desc.len());
+/// `past_desc` holds the scores of every pair the history was given, sorted descending, and
+/// `budget` is `m·K` for the `m`-th valid token. Union rank of candidate `j` = past entries with a
+/// score `>=` its own (earlier tokens win ties) plus `j`; it is selected while that rank is below
+/// `budget` and its score is positive, and under [`OnlineBudget::Strict`] also never beyond the
+/// budget left (`budget - past pairs`). The first `floor` candidates are kept regardless. Past
+/// choices are never revised.
+pub fn online_count(
+    past_desc: &[f32],
+    scores: &[f32],
+    budget: usize,
+    floor: usize,
+    rule: OnlineBudget,
+) -> u32 {
+    let left = budget_left(rule, budget, past_desc.len());
     let mut count = 0;
     for (j, &s) in scores.iter().enumerate() {
         let ahead = past_desc.partition_point(|&v| v >= s) + j;
@@ -162,31 +186,79 @@ pub fn online_count(past_desc: &[f32], scores: &[f32], budget: usize, floor: usi
     count as u32
 }
 
+/// Most candidates a token may take: unbounded for `rank`, the budget left for `strict`.
+fn budget_left(rule: OnlineBudget, budget: usize, spent: usize) -> usize {
+    match rule {
+        OnlineBudget::Rank => usize::MAX,
+        OnlineBudget::Strict => budget.saturating_sub(spent),
+    }
+}
+
 /// Online SeqTopK applied causally to whole segments: token `m` (1-based in its segment) competes
 /// with the pairs given to tokens `1..m` under the budget `m·k`, exactly as it would when decoded
-/// one token at a time with an empty prompt. Runs in O(n log n) per segment with a Fenwick tree
-/// over score ranks instead of re-sorting the history at every token.
-pub fn causal(cands: &Candidates, segments: &Segments, k: usize, floor: usize) -> Vec<u32> {
+/// one token at a time with an empty prompt.
+pub fn causal(
+    cands: &Candidates,
+    segments: &Segments,
+    k: usize,
+    floor: usize,
+    rule: OnlineBudget,
+) -> Vec<u32> {
+    prompted(cands, segments, &vec![0; segments.len()], k, floor, rule)
+}
+
+/// Routing as generation does it, in one pass: the first `prompt_lens[s]` tokens of segment `s`
+/// are a prompt routed with offline SeqTopK ([`budgeted`] over the prompt alone), and every later
+/// token is routed causally against the prompt's and its predecessors' selections, as decode
+/// steps would be. Runs in O(n log n) per segment with a Fenwick tree over score ranks instead of
+/// re-sorting the history at every token.
+///
+/// # Panics
+/// If `prompt_lens` does not hold one length per segment, each at most the segment's length
+/// (callers check this against the user's input first).
+pub fn prompted(
+    cands: &Candidates,
+    segments: &Segments,
+    prompt_lens: &[usize],
+    k: usize,
+    floor: usize,
+    rule: OnlineBudget,
+) -> Vec<u32> {
+    assert_eq!(
+        prompt_lens.len(),
+        segments.len(),
+        "one prompt length per segment"
+    );
     let mut counts = vec![0u32; cands.num_tokens()];
+    let mut entries = Vec::new();
     for s in 0..segments.len() {
         let tokens = segments.tokens_of(s);
+        let (prompt, rest) = tokens.split_at(prompt_lens[s]);
+        budgeted_tokens(cands, prompt, k, floor, &mut counts, &mut entries);
         // Distinct candidate scores of the segment, descending: rank r counts scores >= value[r].
         let mut values: Vec<f32> = tokens
             .iter()
             .flat_map(|&p| cands.scores_of(p as usize).iter().copied())
             .collect();
-        values.sort_by(|a, b| b.total_cmp(a));
+        values.sort_unstable_by(|a, b| b.total_cmp(a));
         values.dedup();
+        let rank_of = |score: f32| values.partition_point(|&v| v > score);
         let mut tree = Fenwick::new(values.len());
         let mut spent = 0usize;
-        for (m, &p) in tokens.iter().enumerate() {
-            let budget = (m + 1) * k;
-            let left = budget.saturating_sub(spent);
+        for &p in prompt {
+            let n = counts[p as usize] as usize;
+            spent += n;
+            for &sc in &cands.scores_of(p as usize)[..n] {
+                tree.add(rank_of(sc));
+            }
+        }
+        for (i, &p) in rest.iter().enumerate() {
+            let budget = (prompt.len() + i + 1) * k;
+            let left = budget_left(rule, budget, spent);
             let scores = cands.scores_of(p as usize);
             let mut count = 0usize;
             for (j, &sc) in scores.iter().enumerate() {
-                let rank = values.partition_point(|&v| v > sc); // index of sc in `values`
-                let ahead = tree.prefix_sum(rank + 1) + j;
+                let ahead = tree.prefix_sum(rank_of(sc) + 1) + j;
                 if j < floor || (sc > 0.0 && ahead < budget && j < left) {
                     count += 1;
                 } else {
@@ -195,7 +267,7 @@ pub fn causal(cands: &Candidates, segments: &Segments, k: usize, floor: usize) -
             }
             spent += count;
             for &sc in &scores[..count] {
-                tree.add(values.partition_point(|&v| v > sc));
+                tree.add(rank_of(sc));
             }
             counts[p as usize] = count as u32;
         }
@@ -251,22 +323,33 @@ mod tests {
         // Token 0 is sure (one big score), token 1 is flat: SeqTopK with k=2 gives the flat
         // token more experts than the sure one.
         let c = cands(&[&[0.97, 0.01, 0.01, 0.01], &[0.3, 0.25, 0.25, 0.2]], 4);
-        let seg = TokenLayout::dense(1, 2).documents();
-        let counts = budgeted(&c, &seg, 2, 1);
+        let layout = TokenLayout::dense(1, 2);
+        let counts = budgeted(&c, layout.documents(), 2, 1);
         assert_eq!(counts, vec![1, 3]);
     }
 
     #[test]
     fn online_count_respects_history_and_floor() {
-        // History took two big scores; budget 4 leaves two slots for the new token.
-        assert_eq!(online_count(&[0.9, 0.8], &[0.5, 0.3, 0.1], 4, 1), 2);
-        // A new token that outranks the history still gets only the budget left.
-        assert_eq!(online_count(&[0.2, 0.1], &[0.5, 0.4, 0.3], 3, 1), 1);
-        // A history that already spent the budget leaves only the floor.
-        assert_eq!(online_count(&[0.9, 0.8, 0.7, 0.6], &[0.5, 0.3], 4, 1), 1);
-        assert_eq!(online_count(&[0.9, 0.8, 0.7, 0.6], &[0.5, 0.3], 4, 0), 0);
-        // Zero scores never win.
-        assert_eq!(online_count(&[], &[0.5, 0.0, 0.0], 6, 1), 1);
+        use OnlineBudget::{Rank, Strict};
+        for rule in [Rank, Strict] {
+            // History took two big scores; budget 4 leaves two slots for the new token.
+            assert_eq!(online_count(&[0.9, 0.8], &[0.5, 0.3, 0.1], 4, 1, rule), 2);
+            // A history that already spent the budget leaves only the floor.
+            assert_eq!(
+                online_count(&[0.9, 0.8, 0.7, 0.6], &[0.5, 0.3], 4, 1, rule),
+                1
+            );
+            assert_eq!(
+                online_count(&[0.9, 0.8, 0.7, 0.6], &[0.5, 0.3], 4, 0, rule),
+                0
+            );
+            // Zero scores never win.
+            assert_eq!(online_count(&[], &[0.5, 0.0, 0.0], 6, 1, rule), 1);
+        }
+        // A new token that outranks the history: `strict` gives it only the budget left (one),
+        // `rank` every candidate that ranks within the budget of three.
+        assert_eq!(online_count(&[0.2, 0.1], &[0.5, 0.4, 0.3], 3, 1, Strict), 1);
+        assert_eq!(online_count(&[0.2, 0.1], &[0.5, 0.4, 0.3], 3, 1, Rank), 3);
     }
 
     #[test]
@@ -280,14 +363,16 @@ mod tests {
             ],
             3,
         );
-        let seg = TokenLayout::dense(1, 4).documents();
-        let counts = causal(&c, &seg, 2, 1);
-        let mut past: Vec<f32> = Vec::new();
-        for p in 0..4 {
-            let n = online_count(&past, c.scores_of(p), (p + 1) * 2, 1);
-            assert_eq!(n, counts[p], "token {p}");
-            past.extend_from_slice(&c.scores_of(p)[..n as usize]);
-            past.sort_by(|a, b| b.total_cmp(a));
+        let layout = TokenLayout::dense(1, 4);
+        for rule in [OnlineBudget::Rank, OnlineBudget::Strict] {
+            let counts = causal(&c, layout.documents(), 2, 1, rule);
+            let mut past: Vec<f32> = Vec::new();
+            for p in 0..4 {
+                let n = online_count(&past, c.scores_of(p), (p + 1) * 2, 1, rule);
+                assert_eq!(n, counts[p], "{rule}: token {p}");
+                past.extend_from_slice(&c.scores_of(p)[..n as usize]);
+                past.sort_by(|a, b| b.total_cmp(a));
+            }
         }
     }
 }
