@@ -419,7 +419,11 @@ fn flip_a_bit(file: &Path) {
 #[test]
 fn a_second_train_on_the_same_output_is_refused_naming_the_holder() {
     let out = scratch("lock");
-    let cadence = ["train.checkpoint_every=1", "train.eval_every=0"];
+    let cadence = [
+        "train.checkpoint_every=1",
+        "train.eval_every=0",
+        "schedule.warmup_steps=0",
+    ];
     let mut first = seqtopk(&small_run(&out, 1000, &cadence))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -456,6 +460,7 @@ fn a_damaged_or_incomplete_checkpoint_stops_resume_and_is_kept() {
         "train.checkpoint_every=1",
         "train.eval_every=0",
         "train.keep_checkpoints=5",
+        "schedule.warmup_steps=0",
     ];
     let res = run(&small_run(&out, 2, &cadence));
     assert!(res.status.success(), "{}", text(&res));
@@ -518,7 +523,11 @@ fn a_damaged_or_incomplete_checkpoint_stops_resume_and_is_kept() {
 #[test]
 fn a_trained_checkpoint_carries_its_routing_and_is_verified_on_use() {
     let out = scratch("routing");
-    let res = run(&small_run(&out, 2, &["train.eval_every=0"]));
+    let res = run(&small_run(
+        &out,
+        2,
+        &["train.eval_every=0", "schedule.warmup_steps=0"],
+    ));
     assert!(res.status.success(), "{}", text(&res));
     let fin = out.join("final");
     let config: serde_json::Value =
@@ -608,7 +617,8 @@ fn a_trained_checkpoint_carries_its_routing_and_is_verified_on_use() {
 #[test]
 fn temporary_directories_of_a_killed_run_are_swept_on_resume() {
     let out = scratch("sweep");
-    let res = run(&small_run(&out, 1, &["train.eval_every=0"]));
+    let quick = ["train.eval_every=0", "schedule.warmup_steps=0"];
+    let res = run(&small_run(&out, 1, &quick));
     assert!(res.status.success(), "{}", text(&res));
     let leftovers = [
         out.join(".final.tmp-999999-000000001"),
@@ -619,7 +629,7 @@ fn temporary_directories_of_a_killed_run_are_swept_on_resume() {
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(dir.join("model.bpk"), "partial").unwrap();
     }
-    let mut resume = small_run(&out, 1, &["train.eval_every=0"]);
+    let mut resume = small_run(&out, 1, &quick);
     resume.push("--resume".into());
     let res = run(&resume);
     assert!(res.status.success(), "{}", text(&res));
