@@ -211,7 +211,10 @@ pub fn record_routing(hf_config: &mut Value, router: &RouterConfig) {
 }
 
 /// The routing recorded in an HF config, if any; `path` names the file in errors.
-pub fn recorded_routing(path: &Path, hf_config: &Value) -> Result<Option<RouterConfig>, CheckpointError> {
+pub fn recorded_routing(
+    path: &Path,
+    hf_config: &Value,
+) -> Result<Option<RouterConfig>, CheckpointError> {
     match hf_config.get(ROUTING_KEY) {
         None | Some(Value::Null) => Ok(None),
         Some(value) => serde_json::from_value(value.clone())

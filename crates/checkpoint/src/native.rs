@@ -252,7 +252,8 @@ pub fn describe_files(dir: &Path) -> Result<Vec<ManifestFile>, CheckpointError> 
 }
 
 /// Checks that each of `files` exists in `dir` with its recorded size, and with `checksums` also
-/// its SHA-256 (streamed, so the cost is one read of the checkpoint).
+/// its SHA-256 (streamed, so the cost is one read of the checkpoint). All sizes are checked
+/// before any checksum: a truncated file is named as such, whatever else is damaged.
 pub fn verify_files(
     dir: &Path,
     files: &[ManifestFile],
@@ -274,17 +275,21 @@ pub fn verify_files(
                 ),
             });
         }
-        if checksums {
-            let found = sha256_file(&path)?;
-            if found != file.sha256 {
-                return Err(CheckpointError::Corrupt {
-                    path,
-                    message: format!(
-                        "corrupt: its sha256 is {found}, {MANIFEST_FILE} records {} (restore the file from a copy or write the checkpoint again; --no-verify skips this check)",
-                        file.sha256
-                    ),
-                });
-            }
+    }
+    if !checksums {
+        return Ok(());
+    }
+    for file in files {
+        let path = dir.join(&file.name);
+        let found = sha256_file(&path)?;
+        if found != file.sha256 {
+            return Err(CheckpointError::Corrupt {
+                path,
+                message: format!(
+                    "corrupt: its sha256 is {found}, {MANIFEST_FILE} records {} (restore the file from a copy or write the checkpoint again; --no-verify skips this check)",
+                    file.sha256
+                ),
+            });
         }
     }
     Ok(())
@@ -335,10 +340,12 @@ pub fn load_native(
     let mut store = BurnpackStore::from_file(&weights)
         .auto_extension(false)
         .with_from_adapter(FloatCastAdapter::to(burn::tensor::DType::F32));
-    let result = model.load_from(&mut store).map_err(|e| CheckpointError::Corrupt {
-        path: weights.clone(),
-        message: burnpack_problem(&e),
-    })?;
+    let result = model
+        .load_from(&mut store)
+        .map_err(|e| CheckpointError::Corrupt {
+            path: weights.clone(),
+            message: burnpack_problem(&e),
+        })?;
     if !result.unused.is_empty() {
         return Err(CheckpointError::Corrupt {
             path: weights,
@@ -363,7 +370,9 @@ fn burnpack_problem(e: &burn::store::burn_pack::Error) -> String {
             let more = if short.len() < text.len() { " …" } else { "" };
             format!("its tensors do not match the model config.json describes: {short}{more}")
         }
-        _ => format!("not a readable burnpack file ({e}): damaged, truncated or not written by seqtopk"),
+        _ => format!(
+            "not a readable burnpack file ({e}): damaged, truncated or not written by seqtopk"
+        ),
     }
 }
 

@@ -139,8 +139,9 @@ fn check_output(path: &Option<PathBuf>, overwrite: bool, flag: &str) -> Result<(
     // The same temporary file the results will go through, created and removed now.
     let tmp = temp_path(p)?;
     if let Some(parent) = p.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("{flag} {}: cannot create {}", p.display(), parent.display()))?;
+        std::fs::create_dir_all(parent).with_context(|| {
+            format!("{flag} {}: cannot create {}", p.display(), parent.display())
+        })?;
     }
     std::fs::write(&tmp, "")
         .with_context(|| format!("{flag} {}: cannot write there", p.display()))?;
@@ -253,7 +254,10 @@ pub fn run(args: TaskArgs) -> Result<()> {
             Some(config) => vec![(config.mode, Some(config.top_k), Some(config))],
             None => {
                 // The checkpoint's own routing: recorded by `seqtopk train`, else per-token top-K.
-                let own = loaded.model.router().map(|r| (r.config().mode, r.config().top_k));
+                let own = loaded
+                    .model
+                    .router()
+                    .map(|r| (r.config().mode, r.config().top_k));
                 let origin = if loaded.routing.is_some() {
                     "recorded in the checkpoint's config.json"
                 } else {

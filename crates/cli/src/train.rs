@@ -190,10 +190,14 @@ fn missing_to_run(recipe: &Recipe) -> Vec<String> {
         ));
     }
     if let Some(dir) = &recipe.model.checkpoint {
-        let has_weights = std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name == "model.bpk" || name.ends_with(".safetensors")
-        });
+        let has_weights = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name == "model.bpk" || name.ends_with(".safetensors")
+            });
         if !dir.join("config.json").is_file() {
             missing.push(format!(
                 "checkpoint {}: no config.json (convert it first: seqtopk convert import --hf <HF dir> --out {})",

@@ -318,12 +318,9 @@ fn edited_fixture(dir: &Path, key: &str, edit: impl Fn(&mut [f32])) -> PathBuf {
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
         .iter()
         .map(|(name, shape, data)| {
-            let view = safetensors::tensor::TensorView::new(
-                safetensors::Dtype::F32,
-                shape.clone(),
-                data,
-            )
-            .unwrap();
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+                    .unwrap();
             (name.clone(), view)
         })
         .collect();

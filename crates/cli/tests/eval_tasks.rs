@@ -363,7 +363,10 @@ fn an_unwritable_out_fails_before_the_evaluation() {
     ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("is a directory; give the path of a file"), "{err}");
+    assert!(
+        err.contains("is a directory; give the path of a file"),
+        "{err}"
+    );
     let left: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .flatten()

@@ -440,7 +440,10 @@ fn a_second_train_on_the_same_output_is_refused_naming_the_holder() {
     for res in [second, resumed] {
         assert!(!res.status.success(), "{}", text(&res));
         let err = text(&res);
-        assert!(err.contains("is in use by another seqtopk process"), "{err}");
+        assert!(
+            err.contains("is in use by another seqtopk process"),
+            "{err}"
+        );
         assert!(err.contains(&holder), "{err}");
         assert!(!err.contains("final model"), "{err}");
     }
@@ -555,14 +558,31 @@ fn a_trained_checkpoint_carries_its_routing_and_is_verified_on_use() {
         err.contains("routing: seqtopk K=2 (recorded in the checkpoint's config.json)"),
         "{err}"
     );
-    assert!(!err.contains('\u{1b}'), "colour codes in piped logs: {err:?}");
+    assert!(
+        !err.contains('\u{1b}'),
+        "colour codes in piped logs: {err:?}"
+    );
 
     // The record survives export to HF and import back.
     let hf = out.join("hf");
     let back = out.join("back");
     for args in [
-        vec!["convert", "export", "--checkpoint", fin.to_str().unwrap(), "--hf-out", hf.to_str().unwrap()],
-        vec!["convert", "import", "--hf", hf.to_str().unwrap(), "--out", back.to_str().unwrap()],
+        vec![
+            "convert",
+            "export",
+            "--checkpoint",
+            fin.to_str().unwrap(),
+            "--hf-out",
+            hf.to_str().unwrap(),
+        ],
+        vec![
+            "convert",
+            "import",
+            "--hf",
+            hf.to_str().unwrap(),
+            "--out",
+            back.to_str().unwrap(),
+        ],
     ] {
         let res = run(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>());
         assert!(res.status.success(), "{}", text(&res));
@@ -650,7 +670,11 @@ fn dry_run_plans_a_recipe_this_machine_cannot_run_yet() {
     ]);
     assert!(res.status.success(), "{}", text(&res));
     let stdout = String::from_utf8_lossy(&res.stdout);
-    for needle in ["mode = \"seqtopk\"", "tokens_per_step = ", "# missing to run"] {
+    for needle in [
+        "mode = \"seqtopk\"",
+        "tokens_per_step = ",
+        "# missing to run",
+    ] {
         assert!(stdout.contains(needle), "lacks {needle:?}: {stdout}");
     }
     for (path, needle) in [
@@ -710,7 +734,10 @@ fn a_missing_tokenizer_is_named_with_the_directory_it_was_looked_up_from() {
     assert!(!out.status.success());
     let err = text(&out);
     let cwd = std::fs::canonicalize(&elsewhere).unwrap();
-    assert!(err.contains("tokenizer data/"), "not called a data source: {err}");
+    assert!(
+        err.contains("tokenizer data/"),
+        "not called a data source: {err}"
+    );
     assert!(
         err.contains(&format!("(looked up from {})", cwd.display())),
         "{err}"

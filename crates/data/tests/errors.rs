@@ -165,7 +165,10 @@ fn missing_files_are_errors() {
     cfg.tokenizer = d.join("no-tokenizer.json");
     let e = err(cfg);
     assert!(matches!(e, DataError::MissingTokenizer { .. }), "{e}");
-    assert!(e.to_string().starts_with("tokenizer "), "not a data source: {e}");
+    assert!(
+        e.to_string().starts_with("tokenizer "),
+        "not a data source: {e}"
+    );
     let mut cfg = one_source(d.join("a.jsonl"), SourceFormat::Auto);
     cfg.tokenizer = write(&d, "garbage.json", "{not a tokenizer");
     assert!(matches!(err(cfg), DataError::Tokenizer { .. }));

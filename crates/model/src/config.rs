@@ -171,7 +171,8 @@ impl MoeTransformerConfig {
             QkNorm::FullWidth => q + kv,
             QkNorm::PerHead => 2 * self.head_dim,
         };
-        let attention = h * (q + 2 * kv) + qkv_bias + q * h + usize::from(self.o_bias) * h + qk_norm;
+        let attention =
+            h * (q + 2 * kv) + qkv_bias + q * h + usize::from(self.o_bias) * h + qk_norm;
         let moe = self.moe.as_ref().map_or(0, |m| {
             let shared = m
                 .shared_expert_intermediate_size
@@ -190,7 +191,11 @@ impl MoeTransformerConfig {
                     }
             })
             .sum();
-        let head = if self.tie_word_embeddings { 0 } else { self.vocab_size * h };
+        let head = if self.tie_word_embeddings {
+            0
+        } else {
+            self.vocab_size * h
+        };
         self.vocab_size * h + head + layers + h
     }
 }

@@ -236,8 +236,7 @@ pub fn verify_checkpoint(found: &CheckpointInfo, checksums: bool) -> Result<(), 
             ),
         ));
     }
-    verify_files(&found.dir, &manifest.files, checksums)
-        .map_err(|e| err(&found.dir, e.to_string()))
+    verify_files(&found.dir, &manifest.files, checksums).map_err(|e| err(&found.dir, e.to_string()))
 }
 
 /// Removes temporary directories a killed run left behind: a checkpoint's, and a final export's
@@ -252,7 +251,9 @@ pub fn clean_leftovers(output: &Path) {
             let old = name.contains(".old-") && !keep_old;
             if name.starts_with(prefix) && (tmp || old) {
                 match std::fs::remove_dir_all(entry.path()) {
-                    Ok(()) => tracing::info!("removed {} left by an earlier run", entry.path().display()),
+                    Ok(()) => {
+                        tracing::info!("removed {} left by an earlier run", entry.path().display())
+                    }
                     Err(e) => tracing::warn!("could not remove {}: {e}", entry.path().display()),
                 }
             }

@@ -292,11 +292,10 @@ impl Trainer {
             ));
         }
         let optim_path = dir.join(OPTIMIZER_FILE);
-        self.optim = self
-            .optim
-            .clone()
-            .load(&optim_path)
-            .map_err(|e| ckpt_err(optim_path, format!("cannot load the optimiser state: {e}")))?;
+        self.optim =
+            self.optim.clone().load(&optim_path).map_err(|e| {
+                ckpt_err(optim_path, format!("cannot load the optimiser state: {e}"))
+            })?;
         self.pipeline
             .restore(&state.pipeline)
             .map_err(|e| ckpt_err(dir.clone(), e.to_string()))?;
@@ -726,7 +725,6 @@ fn progress_bar(enabled: bool, total: u64, position: u64) -> ProgressBar {
     );
     bar
 }
-
 
 /// How one micro-batch's losses are weighted within the step.
 struct PassWeights {
