@@ -24,8 +24,10 @@ mod upcycle;
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::Device;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{Device, Tensor};
 use seqtopk_model::{LoadError, MoeTransformer, load_checkpoint};
+use seqtopk_router::RouterConfig;
 use serde_json::Value;
 
 pub use dtype::StorageDtype;
@@ -36,7 +38,11 @@ pub use hf::{
 pub use inspect::{
     ExpertSummary, Inspection, ModelSummary, TensorInfo, inspect, safetensors_tensors, verify,
 };
-pub use native::{Manifest, ManifestFile, SaveOptions, load_native, save_native, verify_native};
+pub use native::{
+    Manifest, ManifestFile, SaveOptions, describe_files, load_native, save_native, verify_files,
+    verify_native,
+};
+pub use staging::remove_unfinished_outputs;
 pub use upcycle::{UpcycleOptions, upcycle, upcycled_config};
 
 /// Tokenizer and generation files copied beside converted weights when the source has them.
@@ -132,6 +138,18 @@ pub enum CheckpointError {
         /// What went wrong.
         message: String,
     },
+    /// A weight holds NaN or ±Inf.
+    #[error(
+        "checkpoint {path}: tensor `{key}` holds {count} non-finite values (NaN or ±Inf); the checkpoint is unusable (training diverged or the file was damaged)"
+    )]
+    NonFinite {
+        /// The directory.
+        path: PathBuf,
+        /// Module path of the tensor.
+        key: String,
+        /// How many of its values are not finite.
+        count: u64,
+    },
     /// The requested conversion does not apply to this checkpoint.
     #[error("{message}")]
     Unsupported {
@@ -176,13 +194,113 @@ pub struct LoadedCheckpoint {
     pub dtype: StorageDtype,
     /// The manifest of a native checkpoint.
     pub manifest: Option<Manifest>,
+    /// The routing `config.json` records (see [`ROUTING_KEY`]), already applied to `model`.
+    pub routing: Option<RouterConfig>,
+}
+
+/// `config.json` key holding the routing a checkpoint was trained with, as a recipe's `[router]`
+/// section spells it. Hugging Face loaders keep unknown config keys as inert attributes, so the
+/// record survives `from_pretrained`/`save_pretrained` and seqtopk's export and import.
+pub const ROUTING_KEY: &str = "seqtopk_routing";
+
+/// Records `router` in an HF config (replacing an earlier record).
+pub fn record_routing(hf_config: &mut Value, router: &RouterConfig) {
+    if let (Value::Object(map), Ok(value)) = (hf_config, serde_json::to_value(router)) {
+        map.insert(ROUTING_KEY.to_owned(), value);
+    }
+}
+
+/// The routing recorded in an HF config, if any; `path` names the file in errors.
+pub fn recorded_routing(
+    path: &Path,
+    hf_config: &Value,
+) -> Result<Option<RouterConfig>, CheckpointError> {
+    match hf_config.get(ROUTING_KEY) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => serde_json::from_value(value.clone())
+            .map(Some)
+            .map_err(|e| CheckpointError::Config {
+                path: path.to_path_buf(),
+                message: format!("`{ROUTING_KEY}` is not a router configuration: {e}"),
+            }),
+    }
+}
+
+/// Finds the first float parameter holding NaN or ±Inf, by module path.
+#[derive(Default)]
+struct NonFinite {
+    path: Vec<String>,
+    found: Option<(String, u64)>,
+    unreadable: Option<String>,
+}
+
+impl ModuleVisitor for NonFinite {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_owned());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if self.found.is_some() || self.unreadable.is_some() {
+            return;
+        }
+        // Counted on the device: one scalar comes back per parameter, not the weights.
+        let bad = param
+            .val()
+            .is_finite()
+            .bool_not()
+            .int()
+            .sum()
+            .try_into_scalar::<i64>();
+        match bad {
+            Ok(0) => {}
+            Ok(n) => self.found = Some((self.path.join("."), n as u64)),
+            Err(e) => self.unreadable = Some(format!("{}: {e:?}", self.path.join("."))),
+        }
+    }
+}
+
+/// Refuses a model with a NaN or infinite weight, naming the tensor: such a model evaluates to
+/// `null` losses and generates token 0 forever instead of failing.
+pub fn check_finite(model: &MoeTransformer, dir: &Path) -> Result<(), CheckpointError> {
+    let mut visitor = NonFinite::default();
+    model.visit(&mut visitor);
+    if let Some((key, count)) = visitor.found {
+        return Err(CheckpointError::NonFinite {
+            path: dir.to_path_buf(),
+            key,
+            count,
+        });
+    }
+    if let Some(message) = visitor.unreadable {
+        return Err(CheckpointError::Tensor {
+            key: message,
+            message: "reading the non-finite count back failed".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Loads a checkpoint directory of either format onto `device`, verifying a native checkpoint's
+/// checksums (see [`load_with`]).
+pub fn load(dir: impl AsRef<Path>, device: &Device) -> Result<LoadedCheckpoint, CheckpointError> {
+    load_with(dir, device, true)
 }
 
 /// Loads a checkpoint directory of either format onto `device`.
 ///
-/// Native directories are recognised by their `manifest.json`; anything else is read as a Hugging
-/// Face directory. Quantised HF checkpoints are refused with [`CheckpointError::Quantized`].
-pub fn load(dir: impl AsRef<Path>, device: &Device) -> Result<LoadedCheckpoint, CheckpointError> {
+/// Native directories are recognised by their `manifest.json`; with `verify` every file's SHA-256
+/// is checked against it first (sizes always are). Anything else is read as a Hugging Face
+/// directory; quantised ones are refused with [`CheckpointError::Quantized`]. Every weight must
+/// be finite, and a routing recorded under [`ROUTING_KEY`] is applied to the model.
+pub fn load_with(
+    dir: impl AsRef<Path>,
+    device: &Device,
+    verify: bool,
+) -> Result<LoadedCheckpoint, CheckpointError> {
     let dir = dir.as_ref();
     if !dir.is_dir() {
         return Err(CheckpointError::NotADirectory {
@@ -191,44 +309,49 @@ pub fn load(dir: impl AsRef<Path>, device: &Device) -> Result<LoadedCheckpoint, 
     }
     let config_path = dir.join("config.json");
     let hf_config = read_json(&config_path)?;
+    let routing = recorded_routing(&config_path, &hf_config)?;
     let tokenizer = Some(dir.join("tokenizer.json")).filter(|p| p.is_file());
-    if native::is_native(dir) {
-        let (model, manifest) = load_native(dir, device)?;
+    let (mut model, format, dtype, manifest) = if native::is_native(dir) {
+        let (model, manifest) = load_native(dir, device, verify)?;
         let dtype = manifest
             .storage_dtype()
             .map_err(|message| CheckpointError::Manifest {
                 path: dir.join(native::MANIFEST_FILE),
                 message,
             })?;
-        return Ok(LoadedCheckpoint {
-            model,
-            hf_config,
-            tokenizer,
-            dir: dir.to_path_buf(),
-            format: CheckpointFormat::Native,
-            dtype,
-            manifest: Some(manifest),
-        });
+        (model, CheckpointFormat::Native, dtype, Some(manifest))
+    } else {
+        refuse_quantized(dir, &hf_config)?;
+        let tensors = safetensors_tensors(dir).map_err(|source| CheckpointError::Load {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        refuse_quantized_tensors(dir, &tensors)?;
+        let dtype = uniform_dtype(&tensors);
+        let model = load_checkpoint(dir, device).map_err(|source| CheckpointError::Load {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        (model, CheckpointFormat::HuggingFace, dtype, None)
+    };
+    check_finite(&model, dir)?;
+    if let Some(router) = &routing {
+        model
+            .set_routing(router)
+            .map_err(|e| CheckpointError::Config {
+                path: config_path.clone(),
+                message: format!("`{ROUTING_KEY}`: {e}"),
+            })?;
     }
-    refuse_quantized(dir, &hf_config)?;
-    let tensors = safetensors_tensors(dir).map_err(|source| CheckpointError::Load {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    refuse_quantized_tensors(dir, &tensors)?;
-    let dtype = uniform_dtype(&tensors);
-    let model = load_checkpoint(dir, device).map_err(|source| CheckpointError::Load {
-        path: dir.to_path_buf(),
-        source,
-    })?;
     Ok(LoadedCheckpoint {
         model,
         hf_config,
         tokenizer,
         dir: dir.to_path_buf(),
-        format: CheckpointFormat::HuggingFace,
+        format,
         dtype,
-        manifest: None,
+        manifest,
+        routing,
     })
 }
 
@@ -283,6 +406,15 @@ fn refuse_quantized_tensors(dir: &Path, tensors: &[TensorInfo]) -> Result<(), Ch
     ];
     for t in tensors {
         let marker = MARKERS.iter().find(|m| t.name.ends_with(*m));
+        if marker.is_none() && t.dtype == "F64" {
+            return Err(CheckpointError::Unsupported {
+                message: format!(
+                    "{}: tensor `{}` is f64; seqtopk reads f32/bf16/f16 weights (save the model in float32 first, e.g. `model.to(torch.float32).save_pretrained(...)`)",
+                    dir.join(&t.file).display(),
+                    t.name
+                ),
+            });
+        }
         if t.dtype.parse::<StorageDtype>().is_err() || marker.is_some() {
             return Err(CheckpointError::Quantized {
                 path: dir.join(&t.file),
@@ -339,7 +471,8 @@ pub fn import_hf(
 }
 
 /// Exports the checkpoint directory `dir` (native or HF) as an HF directory at `out`; the dtype is
-/// the checkpoint's own unless `dtype` is given.
+/// the checkpoint's own unless `dtype` is given. A native source's checksums are checked first,
+/// so a damaged file is not copied into the export.
 pub fn export_dir(
     dir: &Path,
     out: &Path,
@@ -348,12 +481,25 @@ pub fn export_dir(
     force: bool,
     device: &Device,
 ) -> Result<usize, CheckpointError> {
+    export_dir_with(dir, out, layout, dtype, force, true, device)
+}
+
+/// [`export_dir`], with checksum verification of a native source optional.
+pub fn export_dir_with(
+    dir: &Path,
+    out: &Path,
+    layout: ExpertLayout,
+    dtype: Option<StorageDtype>,
+    force: bool,
+    verify: bool,
+    device: &Device,
+) -> Result<usize, CheckpointError> {
     if !force && out.symlink_metadata().is_ok() {
         return Err(CheckpointError::Exists {
             path: out.to_path_buf(),
         });
     }
-    let loaded = load(dir, device)?;
+    let loaded = load_with(dir, device, verify)?;
     export_hf(
         &loaded.model,
         &loaded.hf_config,

@@ -149,31 +149,7 @@ pub fn save_native(
     if let Some(src) = tokenizer_dir {
         copy_tokenizer_files(src, dir)?;
     }
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map_err(|source| CheckpointError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    let mut files = Vec::with_capacity(names.len());
-    for name in names {
-        let path = dir.join(&name);
-        let bytes = path
-            .metadata()
-            .map_err(|source| CheckpointError::Io {
-                path: path.clone(),
-                source,
-            })?
-            .len();
-        files.push(ManifestFile {
-            sha256: sha256_file(&path)?,
-            name,
-            bytes,
-        });
-    }
+    let files = describe_files(dir)?;
     let manifest = Manifest {
         format: NATIVE_FORMAT.into(),
         version: NATIVE_VERSION,
@@ -242,7 +218,48 @@ pub fn verify_native(
     manifest: &Manifest,
     checksums: bool,
 ) -> Result<(), CheckpointError> {
-    for file in &manifest.files {
+    verify_files(dir, &manifest.files, checksums)
+}
+
+/// Size and SHA-256 of every file directly inside `dir` except [`MANIFEST_FILE`], by name: what a
+/// manifest records before it is written as the directory's last file (its commit point).
+pub fn describe_files(dir: &Path) -> Result<Vec<ManifestFile>, CheckpointError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CheckpointError::Io { path, source }
+    };
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let entry = entry.map_err(io(dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name != MANIFEST_FILE && entry.file_type().map_err(io(dir))?.is_file() {
+            names.push(name);
+        }
+    }
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let path = dir.join(&name);
+            let bytes = path.metadata().map_err(io(&path))?.len();
+            Ok(ManifestFile {
+                sha256: sha256_file(&path)?,
+                name,
+                bytes,
+            })
+        })
+        .collect()
+}
+
+/// Checks that each of `files` exists in `dir` with its recorded size, and with `checksums` also
+/// its SHA-256 (streamed, so the cost is one read of the checkpoint). All sizes are checked
+/// before any checksum: a truncated file is named as such, whatever else is damaged.
+pub fn verify_files(
+    dir: &Path,
+    files: &[ManifestFile],
+    checksums: bool,
+) -> Result<(), CheckpointError> {
+    for file in files {
         let path = dir.join(&file.name);
         let meta = path.metadata().map_err(|source| CheckpointError::Io {
             path: path.clone(),
@@ -252,20 +269,27 @@ pub fn verify_native(
             return Err(CheckpointError::Corrupt {
                 path,
                 message: format!(
-                    "{} bytes on disk, the manifest records {} (truncated or replaced?)",
+                    "{} bytes on disk, {MANIFEST_FILE} records {} (truncated or replaced?)",
                     meta.len(),
                     file.bytes
                 ),
             });
         }
-        if checksums {
-            let found = sha256_file(&path)?;
-            if found != file.sha256 {
-                return Err(CheckpointError::Corrupt {
-                    path,
-                    message: format!("sha256 {found} differs from the manifest's {}", file.sha256),
-                });
-            }
+    }
+    if !checksums {
+        return Ok(());
+    }
+    for file in files {
+        let path = dir.join(&file.name);
+        let found = sha256_file(&path)?;
+        if found != file.sha256 {
+            return Err(CheckpointError::Corrupt {
+                path,
+                message: format!(
+                    "corrupt: its sha256 is {found}, {MANIFEST_FILE} records {} (restore the file from a copy or write the checkpoint again; --no-verify skips this check)",
+                    file.sha256
+                ),
+            });
         }
     }
     Ok(())
@@ -291,14 +315,15 @@ impl WeightSource for Zeros {
 
 /// Loads the model of a native checkpoint (f32 parameters on `device`) and its manifest.
 ///
-/// File sizes are checked against the manifest (a truncated file is refused); checksums are
-/// verified by [`verify_native`] on request (`convert inspect --verify`).
+/// File sizes are always checked against the manifest (a truncated file is refused), checksums
+/// with `checksums` (a flipped byte of the right-sized file is refused too).
 pub fn load_native(
     dir: &Path,
     device: &Device,
+    checksums: bool,
 ) -> Result<(MoeTransformer, Manifest), CheckpointError> {
     let manifest = read_manifest(dir)?;
-    verify_native(dir, &manifest, false)?;
+    verify_native(dir, &manifest, checksums)?;
     let config_path = dir.join("config.json");
     let config =
         MoeTransformerConfig::from_file(&config_path).map_err(|e| CheckpointError::Load {
@@ -319,7 +344,7 @@ pub fn load_native(
         .load_from(&mut store)
         .map_err(|e| CheckpointError::Corrupt {
             path: weights.clone(),
-            message: format!("does not match config.json: {e}"),
+            message: burnpack_problem(&e),
         })?;
     if !result.unused.is_empty() {
         return Err(CheckpointError::Corrupt {
@@ -331,6 +356,24 @@ pub fn load_native(
         });
     }
     Ok((model, manifest))
+}
+
+/// What a burnpack read failure means for the user: a file that is not (or no longer) a burnpack,
+/// or one whose tensors do not fit the model `config.json` describes (kept short: Burn's own
+/// message lists every tensor).
+fn burnpack_problem(e: &burn::store::burn_pack::Error) -> String {
+    use burn::store::burn_pack::Error as E;
+    match e {
+        E::TensorNotFound(_) | E::TensorBytesSizeMismatch(_) | E::ValidationError(_) => {
+            let text = e.to_string();
+            let short: String = text.chars().take(300).collect();
+            let more = if short.len() < text.len() { " …" } else { "" };
+            format!("its tensors do not match the model config.json describes: {short}{more}")
+        }
+        _ => format!(
+            "not a readable burnpack file ({e}): damaged, truncated or not written by seqtopk"
+        ),
+    }
 }
 
 fn preview(items: &[String]) -> String {

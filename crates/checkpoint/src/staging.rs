@@ -2,9 +2,46 @@
 //! is renamed onto the final path only once complete; an existing output is kept unless forced.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::CheckpointError;
+
+/// Temporary directories being written by this process, for [`remove_unfinished_outputs`].
+static LIVE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn live() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    LIVE.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Removes the temporary directories of outputs still being written: what a Ctrl-C handler
+/// calls before exiting, since the process then ends without running destructors.
+pub fn remove_unfinished_outputs() {
+    for dir in live().drain(..) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Gives every file of `dir` the mode a plain `File::create` would (`0666` less the umask, read
+/// off the directory's own `0777`-less-umask mode): some writers create theirs `0600`.
+#[cfg(unix)]
+fn even_file_modes(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o666;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn even_file_modes(_dir: &Path) -> std::io::Result<()> {
+    Ok(())
+}
 
 /// A temporary directory next to the final output; removed on drop unless published.
 #[derive(Debug)]
@@ -56,6 +93,7 @@ impl Staging {
             path: tmp.clone(),
             source,
         })?;
+        live().push(tmp.clone());
         Ok(Self {
             tmp,
             out: out.to_path_buf(),
@@ -76,6 +114,7 @@ impl Staging {
             let path = path.to_path_buf();
             move |source| CheckpointError::Io { path, source }
         };
+        even_file_modes(&self.tmp).map_err(io(&self.tmp))?;
         if self.out.symlink_metadata().is_ok() {
             if !self.force {
                 // Someone else created it while we were writing.
@@ -106,6 +145,7 @@ impl Staging {
 
 impl Drop for Staging {
     fn drop(&mut self) {
+        live().retain(|d| d != &self.tmp);
         if !self.published {
             let _ = std::fs::remove_dir_all(&self.tmp);
         }

@@ -1,4 +1,8 @@
-//! Options and helpers shared by several commands: device choice, router overrides, logging.
+//! Options and helpers shared by several commands: device choice, router overrides, checkpoint
+//! verification, logging.
+
+use std::io::IsTerminal;
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use burn::tensor::Device;
@@ -6,14 +10,36 @@ use clap::Args;
 use seqtopk_backend::Backend;
 use seqtopk_router::{OnlineBudget, RouterConfig, RoutingMode};
 
-/// Logs go to stderr so stdout stays machine-readable (JSON results).
+/// Logs go to stderr so stdout stays machine-readable (JSON results); colour codes only when
+/// stderr is a terminal, so redirected logs stay plain text.
 pub fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
+}
+
+/// Whether a native checkpoint's files are checked against its manifest before use.
+#[derive(Debug, Clone, Args)]
+pub struct VerifyArgs {
+    /// Skip the SHA-256 check of a native checkpoint's files against its manifest (sizes are
+    /// still checked). The check reads the checkpoint once; skip it only when you must.
+    #[arg(long)]
+    pub no_verify: bool,
+}
+
+impl VerifyArgs {
+    /// Loads `dir`, verified unless `--no-verify`.
+    pub fn load(
+        &self,
+        dir: &Path,
+        device: &Device,
+    ) -> Result<seqtopk_checkpoint::LoadedCheckpoint> {
+        Ok(seqtopk_checkpoint::load_with(dir, device, !self.no_verify)?)
+    }
 }
 
 /// Which device a command runs on.
@@ -36,8 +62,9 @@ impl DeviceArgs {
     }
 }
 
-/// Router overrides for inference commands; without `--router` the checkpoint's own routing
-/// (per-token top-K with its `num_experts_per_tok`) is used.
+/// Router overrides for inference commands; without `--router` the checkpoint's own routing is
+/// used: the one recorded in its config.json by `seqtopk train`, else per-token top-K with its
+/// `num_experts_per_tok`.
 #[derive(Debug, Clone, Args)]
 pub struct RouterArgs {
     /// Routing mode: topk, seqtopk, online_seqtopk, batch_topk, top_p.
@@ -63,15 +90,19 @@ pub struct RouterArgs {
 }
 
 impl RouterArgs {
+    /// Whether any router option was given.
+    pub fn is_set(&self) -> bool {
+        self.router.is_some()
+            || self.k.is_some()
+            || self.cap.is_some()
+            || self.floor.is_some()
+            || self.top_p_mass.is_some()
+            || self.online_budget.is_some()
+    }
+
     /// The router configuration to apply, or `None` to keep the checkpoint's own.
     pub fn resolve(&self, checkpoint_k: Option<usize>) -> Result<Option<RouterConfig>> {
-        if self.router.is_none()
-            && self.k.is_none()
-            && self.cap.is_none()
-            && self.floor.is_none()
-            && self.top_p_mass.is_none()
-            && self.online_budget.is_none()
-        {
+        if !self.is_set() {
             return Ok(None);
         }
         let k = self

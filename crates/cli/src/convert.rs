@@ -13,13 +13,14 @@ use burn::tensor::Device;
 use clap::{Args, Subcommand};
 use seqtopk_checkpoint::{
     ExpertLayout, ExportOptions, ImportOptions, LoadedCheckpoint, SaveOptions, StorageDtype,
-    UpcycleOptions, export_dir, export_hf, import_hf, inspect, load, save_native, upcycle, verify,
+    UpcycleOptions, export_dir_with, export_hf, import_hf, inspect, load, save_native, upcycle,
+    verify,
 };
 use seqtopk_model::MoeTransformer;
 use seqtopk_router::TokenLayout;
 use serde_json::json;
 
-use crate::common::DeviceArgs;
+use crate::common::{DeviceArgs, VerifyArgs};
 
 /// `convert` and its subcommands.
 #[derive(Debug, Args)]
@@ -82,6 +83,8 @@ struct ExportArgs {
     force: bool,
     #[command(flatten)]
     device: DeviceArgs,
+    #[command(flatten)]
+    verify: VerifyArgs,
 }
 
 /// `convert upcycle`.
@@ -150,6 +153,13 @@ struct CompareArgs {
 
 /// Runs `convert`.
 pub fn run(args: ConvertArgs) -> Result<()> {
+    // Ctrl-C ends the process without destructors: remove half-written outputs first.
+    ctrlc::set_handler(|| {
+        seqtopk_checkpoint::remove_unfinished_outputs();
+        eprintln!("interrupted: the unfinished output was removed");
+        std::process::exit(130);
+    })
+    .context("installing the Ctrl-C handler")?;
     match args.command {
         ConvertCommand::Import(a) => run_import(a),
         ConvertCommand::Export(a) => run_export(a),
@@ -195,12 +205,13 @@ fn run_export(args: ExportArgs) -> Result<()> {
     } else {
         ExpertLayout::PerExpert
     };
-    let tensors = export_dir(
+    let tensors = export_dir_with(
         &args.checkpoint,
         &args.hf_out,
         layout,
         args.dtype,
         args.force,
+        !args.verify.no_verify,
         &device,
     )
     .with_context(|| format!("exporting {}", args.checkpoint.display()))?;

@@ -10,7 +10,7 @@ use seqtopk_model::{MoeTransformer, causal_lm_loss};
 use seqtopk_router::{RoutingMode, TokenLayout};
 use serde_json::{Value, json};
 
-use crate::common::{DeviceArgs, RouterArgs};
+use crate::common::{DeviceArgs, RouterArgs, VerifyArgs};
 
 /// Arguments of `seqtopk eval loss`.
 #[derive(Debug, Args)]
@@ -33,6 +33,8 @@ pub struct LossArgs {
     pub router: RouterArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
+    #[command(flatten)]
+    pub verify: VerifyArgs,
 }
 
 /// Reads a JSON list of rows of token ids, checking each id against `vocab_size`; errors name
@@ -123,6 +125,26 @@ pub fn is_causal(mode: RoutingMode) -> bool {
     !matches!(mode, RoutingMode::Seqtopk | RoutingMode::BatchTopk)
 }
 
+/// Says which routing is in effect and where it comes from (a SeqTopK-trained checkpoint is
+/// evaluated with SeqTopK unless told otherwise; the user should see which).
+pub fn log_routing(router: &Value, recorded: bool, args: &RouterArgs) {
+    if router.is_null() {
+        return;
+    }
+    let origin = if args.is_set() {
+        "command-line options"
+    } else if recorded {
+        "recorded in the checkpoint's config.json"
+    } else {
+        "the checkpoint's default: per-token top-K"
+    };
+    tracing::info!(
+        "routing: {} K={} ({origin})",
+        router["mode"].as_str().unwrap_or("?"),
+        router["top_k"]
+    );
+}
+
 /// Runs `eval loss`: prints one JSON object with the loss, the number of scored tokens and the
 /// routing used.
 pub fn run(args: LossArgs) -> Result<()> {
@@ -135,9 +157,10 @@ pub fn run(args: LossArgs) -> Result<()> {
             out.display()
         );
     }
-    let loaded = seqtopk_checkpoint::load(&args.checkpoint, &device)?;
+    let loaded = args.verify.load(&args.checkpoint, &device)?;
     let mut model = loaded.model;
     let router = apply_router(&mut model, &args.router)?;
+    log_routing(&router, loaded.routing.is_some(), &args.router);
     let vocab = model.config().vocab_size;
     let rows = read_id_rows(&args.input_ids, vocab)?;
     let batch_size = args.batch_size.unwrap_or(rows.len());
@@ -157,7 +180,8 @@ pub fn run(args: LossArgs) -> Result<()> {
         .map(|_| Vec::<f32>::with_capacity(rows.len() * t_max * vocab));
     let mut total = 0f64;
     let mut count = 0usize;
-    for chunk in rows.chunks(batch_size) {
+    for (c, chunk) in rows.chunks(batch_size).enumerate() {
+        let first_row = c * batch_size;
         let b = chunk.len();
         // Chunks share the global width so the dump is one [B, T, V] array.
         let t = if dump.is_some() {
@@ -185,6 +209,7 @@ pub fn run(args: LossArgs) -> Result<()> {
         if lengths.iter().all(|&l| l < 2) {
             continue;
         }
+        check_logits(&out.logits, &lengths, t, first_row)?;
         let (loss, n) = causal_lm_loss(out.logits, &ids, &layout)?;
         let loss = loss
             .into_data()
@@ -223,6 +248,32 @@ pub fn run(args: LossArgs) -> Result<()> {
         "logits": args.dump_logits.as_ref().map(|p| p.display().to_string()),
     });
     println!("{report}");
+    Ok(())
+}
+
+/// Fails at the first row and position (of the real tokens) whose logits hold NaN or ±Inf,
+/// instead of reporting a `null` loss.
+fn check_logits(
+    logits: &burn::tensor::Tensor<3>,
+    lengths: &[usize],
+    t: usize,
+    first_row: usize,
+) -> Result<()> {
+    let finite = logits
+        .clone()
+        .is_finite()
+        .all_dim(2)
+        .int()
+        .try_into_vec_as::<i64>()
+        .map_err(|e| anyhow::anyhow!("reading the logits check back failed: {e:?}"))?;
+    for (r, &len) in lengths.iter().enumerate() {
+        if let Some(i) = (0..len).find(|&i| finite[r * t + i] == 0) {
+            bail!(
+                "row {}, position {i}: the logits are not finite (NaN or ±Inf); the model overflowed or its weights are damaged, so no loss is reported",
+                first_row + r
+            );
+        }
+    }
     Ok(())
 }
 

@@ -11,7 +11,7 @@ use seqtopk_eval::{
 };
 use seqtopk_router::{RouterConfig, RoutingMode};
 
-use crate::common::{DeviceArgs, RouterArgs};
+use crate::common::{DeviceArgs, RouterArgs, VerifyArgs};
 
 /// Task evaluation options (boxed: they are many, and `eval loss` shares the enum).
 #[derive(Debug, Args)]
@@ -78,6 +78,8 @@ struct TaskOptions {
     router: RouterArgs,
     #[command(flatten)]
     device: DeviceArgs,
+    #[command(flatten)]
+    verify: VerifyArgs,
 }
 
 fn parse_template(s: &str) -> Result<ChatTemplateKind, String> {
@@ -116,18 +118,47 @@ fn parse_compare(s: &str) -> Result<Vec<(RoutingMode, Option<usize>)>> {
     Ok(out)
 }
 
-/// Refuse to replace an existing output unless asked to.
+/// Fails before any work when `path` cannot receive the results: it exists (without
+/// `--overwrite`), is a directory, or its directory cannot be created or written.
 fn check_output(path: &Option<PathBuf>, overwrite: bool, flag: &str) -> Result<()> {
-    if let Some(p) = path
-        && p.exists()
-        && !overwrite
-    {
+    let Some(p) = path else {
+        return Ok(());
+    };
+    if p.is_dir() {
+        bail!(
+            "{flag} {} is a directory; give the path of a file to write",
+            p.display()
+        );
+    }
+    if p.exists() && !overwrite {
         bail!(
             "{flag} {} already exists (pass --overwrite to replace it)",
             p.display()
         );
     }
+    // The same temporary file the results will go through, created and removed now.
+    let tmp = temp_path(p)?;
+    if let Some(parent) = p.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| {
+            format!("{flag} {}: cannot create {}", p.display(), parent.display())
+        })?;
+    }
+    std::fs::write(&tmp, "")
+        .with_context(|| format!("{flag} {}: cannot write there", p.display()))?;
+    let _ = std::fs::remove_file(&tmp);
     Ok(())
+}
+
+/// The temporary sibling `path` is written through.
+fn temp_path(path: &Path) -> Result<PathBuf> {
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} is not a file path", path.display()))?;
+    Ok(path.with_file_name(format!(
+        ".{}.tmp{}",
+        name.to_string_lossy(),
+        std::process::id()
+    )))
 }
 
 /// Write `text` to a temporary file beside `path`, then rename it into place.
@@ -136,17 +167,12 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} is not a file path", path.display()))?;
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let tmp = temp_path(path)?;
     std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::anyhow!("renaming {} to {}: {e}", tmp.display(), path.display())
+    })
 }
 
 /// Runs `eval --tasks …`.
@@ -174,7 +200,7 @@ pub fn run(args: TaskArgs) -> Result<()> {
     check_output(&args.markdown, args.overwrite, "--markdown")?;
 
     let device = args.device.device()?;
-    let mut loaded = seqtopk_checkpoint::load(&checkpoint, &device)?;
+    let mut loaded = args.verify.load(&checkpoint, &device)?;
     let tokenizer_path = loaded.tokenizer.clone().with_context(|| {
         format!(
             "checkpoint {} has no tokenizer.json beside its weights: copy the tokenizer the model was trained with there (for OLMoE: data/samples/tokenizers/olmoe/tokenizer.json)",
@@ -229,7 +255,26 @@ pub fn run(args: TaskArgs) -> Result<()> {
             .collect::<Result<_>>()?,
         None => match args.router.resolve(checkpoint_k)? {
             Some(config) => vec![(config.mode, Some(config.top_k), Some(config))],
-            None => vec![(RoutingMode::Topk, checkpoint_k, None)],
+            None => {
+                // The checkpoint's own routing: recorded by `seqtopk train`, else per-token top-K.
+                let own = loaded
+                    .model
+                    .router()
+                    .map(|r| (r.config().mode, r.config().top_k));
+                let origin = if loaded.routing.is_some() {
+                    "recorded in the checkpoint's config.json"
+                } else {
+                    "the checkpoint's default"
+                };
+                if let Some((mode, k)) = own {
+                    tracing::info!("routing: {mode} K={k} ({origin})");
+                }
+                vec![(
+                    own.map_or(RoutingMode::Topk, |o| o.0),
+                    own.map(|o| o.1).or(checkpoint_k),
+                    None,
+                )]
+            }
         },
     };
 

@@ -10,8 +10,8 @@ use seqtopk_model::{FinishReason, GenerationConfig, MoeTransformer};
 use serde_json::{Value, json};
 use tokenizers::Tokenizer;
 
-use crate::common::{DeviceArgs, RouterArgs};
-use crate::eval_loss::{apply_router, read_id_rows};
+use crate::common::{DeviceArgs, RouterArgs, VerifyArgs};
+use crate::eval_loss::{apply_router, log_routing, read_id_rows};
 
 /// Arguments of `seqtopk generate`.
 #[derive(Debug, Args)]
@@ -57,6 +57,8 @@ pub struct GenerateArgs {
     pub router: RouterArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
+    #[command(flatten)]
+    pub verify: VerifyArgs,
 }
 
 /// A prompt as given and as token ids.
@@ -75,10 +77,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         bail!("nothing to generate from: pass --prompt TEXT, --prompts FILE or --input-ids FILE");
     }
     let device = args.device.device()?;
-    let loaded = seqtopk_checkpoint::load(&args.checkpoint, &device)?;
+    let loaded = args.verify.load(&args.checkpoint, &device)?;
     let mut model = loaded.model;
     let router = apply_router(&mut model, &args.router)?;
-    tracing::info!(router = %router, "routing");
+    log_routing(&router, loaded.routing.is_some(), &args.router);
     let tokenizer = match &loaded.tokenizer {
         Some(path) => Some(load_tokenizer(path, model.config().vocab_size)?),
         None => None,
@@ -93,14 +95,16 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         stop: stop_ids,
     };
     base.validate()?;
+    let context = model.config().max_position_embeddings;
     let stdout = std::io::stdout();
     for (c, chunk) in prompts.chunks(args.batch_size).enumerate() {
         let first = c * args.batch_size;
+        let ids: Vec<Vec<u32>> = chunk.iter().map(|p| p.ids.clone()).collect();
         let config = GenerationConfig {
             seed: args.seed.wrapping_add(first as u64),
+            max_new_tokens: within_context(&ids, args.max_new_tokens, context, first)?,
             ..base.clone()
         };
-        let ids: Vec<Vec<u32>> = chunk.iter().map(|p| p.ids.clone()).collect();
         let mut generator = model.generator(&ids, &config, &device)?;
         while generator.step()?.is_some() {
             if let (Some(tok), false) = (&tokenizer, stop_texts.is_empty()) {
@@ -141,6 +145,38 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         lock.flush().context("writing to stdout")?;
     }
     Ok(())
+}
+
+/// `max_new_tokens` capped so the longest prompt of a batch plus its continuation fits the
+/// model's context (`max_position_embeddings`), with a warning when that cuts it; a prompt that
+/// alone fills the context is an error. `first` numbers the batch's prompts in messages.
+fn within_context(
+    prompts: &[Vec<u32>],
+    max_new_tokens: usize,
+    context: usize,
+    first: usize,
+) -> Result<usize> {
+    let (row, longest) = prompts
+        .iter()
+        .map(Vec::len)
+        .enumerate()
+        .max_by_key(|&(_, n)| n)
+        .unwrap_or((0, 0));
+    if longest >= context {
+        bail!(
+            "prompt {} has {longest} tokens, which fills the model's context of {context} (max_position_embeddings); shorten it",
+            first + row
+        );
+    }
+    let room = context - longest;
+    if max_new_tokens > room {
+        tracing::warn!(
+            "--max-new-tokens {max_new_tokens} capped at {room}: prompt {} has {longest} tokens and the model's context is {context} (max_position_embeddings)",
+            first + row
+        );
+        return Ok(room);
+    }
+    Ok(max_new_tokens)
 }
 
 fn load_tokenizer(path: &Path, vocab_size: usize) -> Result<Tokenizer> {

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use clap::Args;
+use seqtopk_model::MoeTransformerConfig;
 use seqtopk_train::{
     DEFAULT_RECIPE, DEFAULT_RECIPE_NAME, Recipe, RunOutcome, Trainer, TrainerOptions,
 };
@@ -31,6 +32,10 @@ pub struct TrainArgs {
     /// No progress bar (logs only).
     #[arg(long)]
     no_progress: bool,
+    /// Resume without checking the checkpoint's files against its manifest (sizes and SHA-256);
+    /// also accepts a checkpoint written without one.
+    #[arg(long, requires = "resume")]
+    no_verify: bool,
 }
 
 /// Runs `train`.
@@ -47,19 +52,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
         .recipe
         .as_ref()
         .map_or(DEFAULT_RECIPE_NAME.to_owned(), |p| p.display().to_string());
+    if args.dry_run {
+        return dry_run(&recipe, &origin);
+    }
     let trainer = Trainer::new(recipe.clone()).with_context(|| format!("preparing {origin}"))?;
     let budget = trainer.budget();
-    if args.dry_run {
-        println!("# resolved recipe ({origin})\n{}", recipe.to_toml());
-        println!("# budget");
-        println!("parameters_total = {}", budget.params_total);
-        println!("parameters_active_per_token = {}", budget.params_active);
-        println!("parameters_trainable = {}", budget.params_trainable);
-        println!("steps = {}", budget.steps);
-        println!("tokens_per_step = {}", budget.tokens_per_step);
-        println!("tokens_total = {}", budget.total_tokens);
-        return Ok(());
-    }
     tracing::info!(
         recipe = %origin,
         backend = %recipe.backend,
@@ -85,6 +82,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         resume: args.resume,
         progress: !args.no_progress,
         interrupt: Some(interrupt),
+        no_verify: args.no_verify,
     };
     match trainer.run(&options)? {
         RunOutcome::Completed { steps, final_dir } => {
@@ -103,4 +101,126 @@ pub fn run(args: TrainArgs) -> Result<()> {
             std::process::exit(130);
         }
     }
+}
+
+/// f32 weights, gradients and both AdamW moments; a half-precision run adds its 2-byte copy.
+fn training_bytes(params: usize, half: bool) -> f64 {
+    params as f64 * if half { 18.0 } else { 16.0 }
+}
+
+/// `--dry-run`: the resolved recipe and the run's cost. When the run cannot be built here (a
+/// backend not compiled in, a checkpoint or corpus not fetched yet), it prints what the recipe
+/// and the checkpoint's config.json tell, then what is missing; other errors stay errors.
+fn dry_run(recipe: &Recipe, origin: &str) -> Result<()> {
+    println!("# resolved recipe ({origin})\n{}", recipe.to_toml());
+    let half = recipe.precision.compute_dtype().is_some();
+    let missing = missing_to_run(recipe);
+    let error = match Trainer::new(recipe.clone()) {
+        Ok(trainer) => {
+            let budget = trainer.budget();
+            println!("# budget");
+            println!("parameters_total = {}", budget.params_total);
+            println!("parameters_active_per_token = {}", budget.params_active);
+            println!("parameters_trainable = {}", budget.params_trainable);
+            println!("steps = {}", budget.steps);
+            println!("tokens_per_step = {}", budget.tokens_per_step);
+            println!("tokens_total = {}", budget.total_tokens);
+            println!(
+                "training_memory_gb = {:.1} # weights, gradients, AdamW state; activations extra",
+                training_bytes(budget.params_trainable, half) / 1e9
+            );
+            return Ok(());
+        }
+        Err(e) if missing.is_empty() => {
+            return Err(e).with_context(|| format!("preparing {origin}"));
+        }
+        Err(e) => e,
+    };
+    println!("# budget (from the recipe and the model's config.json; the model was not built)");
+    match planned_config(recipe) {
+        Ok((config, from)) => {
+            let params = config.parameter_count();
+            println!("parameters_total = {params} # counted from {from}");
+            println!(
+                "training_memory_gb = {:.1} # weights, gradients, AdamW state, nothing frozen; activations extra",
+                training_bytes(params, half) / 1e9
+            );
+        }
+        Err(why) => println!("# parameters unknown: {why}"),
+    }
+    if let Some(steps) = recipe.train.steps {
+        println!("steps = {steps}");
+    }
+    let per_step = recipe.tokens_per_step();
+    println!("tokens_per_step = {per_step}");
+    if let Some(steps) = recipe.train.steps {
+        println!("tokens_total = {}", per_step as u64 * steps);
+    }
+    let cwd = std::env::current_dir().map_or_else(|_| "?".into(), |d| d.display().to_string());
+    println!("# missing to run (relative paths are read from {cwd}):");
+    for m in &missing {
+        println!("#   - {m}");
+    }
+    tracing::warn!("dry run only: this recipe cannot run here yet ({error})");
+    Ok(())
+}
+
+/// The model config a recipe trains: its `[model.config]`, or its checkpoint's config.json.
+fn planned_config(recipe: &Recipe) -> Result<(MoeTransformerConfig, String), String> {
+    if let Some(dir) = &recipe.model.checkpoint {
+        let path = dir.join("config.json");
+        let config = MoeTransformerConfig::from_file(&path).map_err(|e| e.to_string())?;
+        return Ok((config, path.display().to_string()));
+    }
+    let table = recipe.model.config.clone().unwrap_or_default();
+    let json = serde_json::to_string(&table).map_err(|e| e.to_string())?;
+    let config =
+        MoeTransformerConfig::from_json_str(&json, "[model.config]").map_err(|e| e.to_string())?;
+    Ok((config, "[model.config]".into()))
+}
+
+/// What this machine lacks to run `recipe`: the backend, the checkpoint's weights, the
+/// tokenizer, the corpora.
+fn missing_to_run(recipe: &Recipe) -> Vec<String> {
+    let mut missing = Vec::new();
+    if !recipe.backend.is_compiled() {
+        missing.push(format!(
+            "backend `{b}`: not compiled into this binary (rebuild with `--features {b}`)",
+            b = recipe.backend
+        ));
+    }
+    if let Some(dir) = &recipe.model.checkpoint {
+        let has_weights = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name == "model.bpk" || name.ends_with(".safetensors")
+            });
+        if !dir.join("config.json").is_file() {
+            missing.push(format!(
+                "checkpoint {}: no config.json (convert it first: seqtopk convert import --hf <HF dir> --out {})",
+                dir.display(),
+                dir.display()
+            ));
+        } else if !has_weights {
+            missing.push(format!(
+                "checkpoint {}: config.json but no weights (model.bpk or *.safetensors)",
+                dir.display()
+            ));
+        }
+    }
+    if !recipe.data.tokenizer.is_file() {
+        missing.push(format!("tokenizer {}", recipe.data.tokenizer.display()));
+    }
+    for source in &recipe.data.sources {
+        if !source.path.exists() {
+            missing.push(format!(
+                "data source {} (the corpora: bash tools/fetch-corpora.sh)",
+                source.path.display()
+            ));
+        }
+    }
+    missing
 }

@@ -223,3 +223,28 @@ fn refusals() {
     );
     assert!(!out.exists());
 }
+
+/// Every file of an export gets the same mode, the one a plain file creation gives (the
+/// safetensors writer creates its file 0600).
+#[cfg(unix)]
+#[test]
+fn exported_files_share_one_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = scratch("modes");
+    let hf = root.join("hf");
+    ok_json(&[
+        "convert",
+        "export",
+        "--checkpoint",
+        s(&fixture("olmoe-tiny")),
+        "--hf-out",
+        s(&hf),
+    ]);
+    let plain = root.join("plain");
+    std::fs::write(&plain, "").unwrap();
+    let want = std::fs::metadata(&plain).unwrap().permissions().mode() & 0o777;
+    for entry in std::fs::read_dir(&hf).unwrap().flatten() {
+        let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, want, "{:?} has mode {mode:o}", entry.file_name());
+    }
+}

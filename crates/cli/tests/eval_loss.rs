@@ -340,3 +340,80 @@ fn bad_inputs_fail_with_a_clear_message() {
     ]));
     assert!(err.contains("absent.json"), "{err}");
 }
+
+/// A copy of the `olmoe-tiny` fixture whose tensor `key` is changed by `edit`.
+fn edited_fixture(dir: &Path, key: &str, edit: impl Fn(&mut [f32])) -> PathBuf {
+    let src = fixture("olmoe-tiny");
+    let out = dir.join(key);
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::copy(src.join("config.json"), out.join("config.json")).unwrap();
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, t)| (name, t.shape().to_vec(), t.data().to_vec()))
+        .collect();
+    let (_, _, data) = tensors.iter_mut().find(|t| t.0 == key).unwrap();
+    let mut values: Vec<f32> = data
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    edit(&mut values);
+    *data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(name, shape, data)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+                    .unwrap();
+            (name.clone(), view)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &out.join("model.safetensors")).unwrap();
+    out
+}
+
+#[test]
+fn non_finite_weights_and_logits_are_errors_not_null() {
+    let dir = scratch("nonfinite");
+    let rows = dir.join("rows.json");
+    std::fs::write(&rows, "[[1, 5, 9], [1, 7, 3, 4]]").unwrap();
+    let key = "model.layers.1.self_attn.o_proj.weight";
+    let nan = edited_fixture(&dir, key, |v| v[7] = f32::NAN);
+    let err = failure(&seqtopk(&[
+        "eval",
+        "loss",
+        "--checkpoint",
+        nan.to_str().unwrap(),
+        "--input-ids",
+        rows.to_str().unwrap(),
+    ]));
+    assert!(
+        err.contains("layers.1.self_attn.o_proj.weight") && err.contains("1 non-finite values"),
+        "{err}"
+    );
+    let err = failure(&seqtopk(&[
+        "generate",
+        "--checkpoint",
+        nan.to_str().unwrap(),
+        "--input-ids",
+        rows.to_str().unwrap(),
+    ]));
+    assert!(err.contains("non-finite"), "{err}");
+
+    // Finite weights whose logits overflow: the row and position are named.
+    let huge = edited_fixture(&dir, "lm_head.weight", |v| v.fill(f32::MAX));
+    let err = failure(&seqtopk(&[
+        "eval",
+        "loss",
+        "--checkpoint",
+        huge.to_str().unwrap(),
+        "--input-ids",
+        rows.to_str().unwrap(),
+    ]));
+    assert!(
+        err.contains("row 0, position 0: the logits are not finite"),
+        "{err}"
+    );
+}

@@ -342,3 +342,36 @@ fn bad_invocations_fail_clearly() {
         "{stderr}"
     );
 }
+
+#[test]
+fn an_unwritable_out_fails_before_the_evaluation() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = tiny_checkpoint(&dir.path().join("b"), true);
+    let out_dir = dir.path().join("results");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let out = seqtopk(&[
+        "eval",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--tasks",
+        "lambada",
+        "--limit",
+        "1",
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--overwrite",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is a directory; give the path of a file"),
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+}

@@ -388,3 +388,38 @@ fn bad_inputs_fail_with_a_clear_message() {
         "{err}"
     );
 }
+
+#[test]
+fn generation_stops_at_the_context_length_with_a_warning() {
+    let dir = scratch("context");
+    let path = dir.join("ids.json");
+    std::fs::write(&path, "[[5, 9, 13], [77, 3, 4, 5, 6]]").unwrap();
+    let out = seqtopk(&[
+        "--checkpoint",
+        fixture("olmoe-tiny").to_str().unwrap(),
+        "--input-ids",
+        path.to_str().unwrap(),
+        "--max-new-tokens",
+        "100000000",
+        "--stop",
+        "255",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        err.contains("--max-new-tokens 100000000 capped at 123")
+            && err.contains("max_position_embeddings"),
+        "{err}"
+    );
+    for line in lines(&out) {
+        assert!(ids(&line["ids"]).len() <= 123, "{line}");
+    }
+    let long = dir.join("long.json");
+    std::fs::write(&long, format!("[{:?}]", vec![5; 128])).unwrap();
+    let err = failure(&seqtopk(&[
+        "--checkpoint",
+        fixture("olmoe-tiny").to_str().unwrap(),
+        "--input-ids",
+        long.to_str().unwrap(),
+    ]));
+    assert!(err.contains("prompt 0 has 128 tokens"), "{err}");
+}

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use burn::module::Module;
 use burn::store::{BurnpackStore, ModuleSnapshot};
 use burn::tensor::Device;
 use seqtopk_model::{MoeTransformer, MoeTransformerConfig};
@@ -404,4 +405,342 @@ fn two_replicas_train_exactly_as_accumulation_on_one_device() {
     for dir in [single, parallel] {
         let _ = std::fs::remove_dir_all(dir);
     }
+}
+
+/// Flips one bit in the middle of `file` (inside the tensor data of a burnpack): the size stays,
+/// only the checksum can tell.
+fn flip_a_bit(file: &Path) {
+    let mut bytes = std::fs::read(file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(file, bytes).unwrap();
+}
+
+#[test]
+fn a_second_train_on_the_same_output_is_refused_naming_the_holder() {
+    let out = scratch("lock");
+    let cadence = [
+        "train.checkpoint_every=1",
+        "train.eval_every=0",
+        "schedule.warmup_steps=0",
+    ];
+    let mut first = seqtopk(&small_run(&out, 1000, &cadence))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&checkpoint(&out, 1), &mut first);
+    let holder = format!("pid {}", first.id());
+    let second = run(&small_run(&out, 1000, &cadence));
+    let mut resume = small_run(&out, 1000, &cadence);
+    resume.push("--resume".into());
+    let resumed = run(&resume);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    for res in [second, resumed] {
+        assert!(!res.status.success(), "{}", text(&res));
+        let err = text(&res);
+        assert!(
+            err.contains("is in use by another seqtopk process"),
+            "{err}"
+        );
+        assert!(err.contains(&holder), "{err}");
+        assert!(!err.contains("final model"), "{err}");
+    }
+    // The lock dies with its holder: a kill -9 leaves nothing stale behind (one step planned, so
+    // this resume only exports).
+    let mut resume = small_run(&out, 1, &cadence);
+    resume.push("--resume".into());
+    let res = run(&resume);
+    assert!(res.status.success(), "{}", text(&res));
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn a_damaged_or_incomplete_checkpoint_stops_resume_and_is_kept() {
+    let out = scratch("damaged");
+    let cadence = [
+        "train.checkpoint_every=1",
+        "train.eval_every=0",
+        "train.keep_checkpoints=5",
+        "schedule.warmup_steps=0",
+    ];
+    let res = run(&small_run(&out, 2, &cadence));
+    assert!(res.status.success(), "{}", text(&res));
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(checkpoint(&out, 2).join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let files: Vec<&str> = manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        files,
+        [
+            "model.bpk",
+            "optimizer.bpk",
+            "recipe.toml",
+            "trainer_state.json"
+        ]
+    );
+    let mut resume = small_run(&out, 4, &cadence);
+    resume.push("--resume".into());
+
+    // A flipped byte of the right size.
+    let model = checkpoint(&out, 2).join("model.bpk");
+    let pristine = std::fs::read(&model).unwrap();
+    flip_a_bit(&model);
+    let res = run(&resume);
+    assert!(!res.status.success(), "{}", text(&res));
+    let err = text(&res);
+    assert!(err.contains("step-000002/model.bpk"), "{err}");
+    assert!(err.contains("corrupt: its sha256"), "{err}");
+    assert!(!err.contains("resumed"), "{err}");
+    std::fs::write(&model, pristine).unwrap();
+
+    // A step missing its trainer state is reported, not passed over for step 1.
+    std::fs::remove_file(checkpoint(&out, 2).join("trainer_state.json")).unwrap();
+    let res = run(&resume);
+    assert!(!res.status.success(), "{}", text(&res));
+    assert!(
+        text(&res).contains("step-000002/trainer_state.json"),
+        "{}",
+        text(&res)
+    );
+    // Nor is one without a manifest (a crash before its commit point, or an older writer).
+    std::fs::remove_file(checkpoint(&out, 2).join("manifest.json")).unwrap();
+    let res = run(&resume);
+    assert!(!res.status.success(), "{}", text(&res));
+    let err = text(&res);
+    assert!(
+        err.contains("step-000002: has no manifest.json") && err.contains("--no-verify"),
+        "{err}"
+    );
+    assert!(checkpoint(&out, 2).is_dir() && checkpoint(&out, 1).is_dir());
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn a_trained_checkpoint_carries_its_routing_and_is_verified_on_use() {
+    let out = scratch("routing");
+    let res = run(&small_run(
+        &out,
+        2,
+        &["train.eval_every=0", "schedule.warmup_steps=0"],
+    ));
+    assert!(res.status.success(), "{}", text(&res));
+    let fin = out.join("final");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fin.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["seqtopk_routing"]["mode"], "seqtopk", "{config}");
+    let ids = out.join("ids.json");
+    std::fs::write(&ids, "[[1, 5, 9, 20], [1, 7, 3]]").unwrap();
+    let loss = |dir: &Path, extra: &[&str]| {
+        let mut args: Vec<String> = ["eval", "loss", "--checkpoint"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.push(dir.display().to_string());
+        args.push("--input-ids".into());
+        args.push(ids.display().to_string());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        run(&args)
+    };
+    let res = loss(&fin, &[]);
+    assert!(res.status.success(), "{}", text(&res));
+    let report: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
+    assert_eq!(report["router"]["mode"], "seqtopk", "{report}");
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        err.contains("routing: seqtopk K=2 (recorded in the checkpoint's config.json)"),
+        "{err}"
+    );
+    assert!(
+        !err.contains('\u{1b}'),
+        "colour codes in piped logs: {err:?}"
+    );
+
+    // The record survives export to HF and import back.
+    let hf = out.join("hf");
+    let back = out.join("back");
+    for args in [
+        vec![
+            "convert",
+            "export",
+            "--checkpoint",
+            fin.to_str().unwrap(),
+            "--hf-out",
+            hf.to_str().unwrap(),
+        ],
+        vec![
+            "convert",
+            "import",
+            "--hf",
+            hf.to_str().unwrap(),
+            "--out",
+            back.to_str().unwrap(),
+        ],
+    ] {
+        let res = run(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert!(res.status.success(), "{}", text(&res));
+    }
+    for dir in [&hf, &back] {
+        let res = loss(dir, &[]);
+        let report: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
+        assert_eq!(report["router"]["mode"], "seqtopk", "{}", dir.display());
+    }
+
+    // One flipped bit of the final weights: every consumer refuses it, naming the file.
+    flip_a_bit(&fin.join("model.bpk"));
+    let gen_ids = out.join("prompt.json");
+    std::fs::write(&gen_ids, "[[1, 5, 9]]").unwrap();
+    let generate: Vec<String> = [
+        "generate",
+        "--checkpoint",
+        fin.to_str().unwrap(),
+        "--input-ids",
+        gen_ids.to_str().unwrap(),
+        "--max-new-tokens",
+        "2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let export: Vec<String> = [
+        "convert",
+        "export",
+        "--checkpoint",
+        fin.to_str().unwrap(),
+        "--hf-out",
+        out.join("hf2").to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for res in [loss(&fin, &[]), run(&generate), run(&export)] {
+        assert!(!res.status.success(), "{}", text(&res));
+        let err = text(&res);
+        assert!(
+            err.contains("final/model.bpk") && err.contains("corrupt: its sha256"),
+            "{err}"
+        );
+    }
+    assert!(!out.join("hf2").exists());
+    let res = loss(&fin, &["--no-verify"]);
+    assert!(res.status.success(), "--no-verify loads it: {}", text(&res));
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn temporary_directories_of_a_killed_run_are_swept_on_resume() {
+    let out = scratch("sweep");
+    let quick = ["train.eval_every=0", "schedule.warmup_steps=0"];
+    let res = run(&small_run(&out, 1, &quick));
+    assert!(res.status.success(), "{}", text(&res));
+    let leftovers = [
+        out.join(".final.tmp-999999-000000001"),
+        out.join(".final.old-999999-000000001"),
+        out.join("checkpoints/.step-000002.tmp-999999"),
+    ];
+    for dir in &leftovers {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("model.bpk"), "partial").unwrap();
+    }
+    let mut resume = small_run(&out, 1, &quick);
+    resume.push("--resume".into());
+    let res = run(&resume);
+    assert!(res.status.success(), "{}", text(&res));
+    for dir in &leftovers {
+        assert!(!dir.exists(), "{} survived", dir.display());
+    }
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn dry_run_plans_a_recipe_this_machine_cannot_run_yet() {
+    // The README's planning command: no checkpoint, no corpora, perhaps no CUDA here.
+    let res = run(&[
+        "train".into(),
+        "--recipe".into(),
+        "recipes/olmoe-seqtopk-math.toml".into(),
+        "--dry-run".into(),
+    ]);
+    assert!(res.status.success(), "{}", text(&res));
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    for needle in [
+        "mode = \"seqtopk\"",
+        "tokens_per_step = ",
+        "# missing to run",
+    ] {
+        assert!(stdout.contains(needle), "lacks {needle:?}: {stdout}");
+    }
+    for (path, needle) in [
+        (
+            "checkpoints/olmoe-1b-7b-0125/config.json",
+            "checkpoint checkpoints/olmoe-1b-7b-0125: no config.json",
+        ),
+        (
+            "data/math/math_train.jsonl",
+            "data source data/math/math_train.jsonl",
+        ),
+    ] {
+        if !repo_root().join(path).exists() {
+            assert!(stdout.contains(needle), "lacks {needle:?}: {stdout}");
+        }
+    }
+    assert_eq!(
+        stdout.contains("backend `cuda`: not compiled"),
+        !cfg!(feature = "cuda"),
+        "{stdout}"
+    );
+    // With the checkpoint's config.json alone, the parameters are counted from it.
+    let out = scratch("plan");
+    let fixture = repo_root().join("checkpoints/fixtures/olmoe-tiny");
+    std::fs::copy(fixture.join("config.json"), out.join("config.json")).unwrap();
+    let res = run(&[
+        "train".into(),
+        "--recipe".into(),
+        "recipes/olmoe-seqtopk-math.toml".into(),
+        "--dry-run".into(),
+        "--set".into(),
+        format!("model.checkpoint=\"{}\"", out.display()),
+    ]);
+    assert!(res.status.success(), "{}", text(&res));
+    let model = seqtopk_model::load_checkpoint(&fixture, &Device::flex()).unwrap();
+    let want = format!("parameters_total = {} ", model.num_params());
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(stdout.contains(&want), "{want}: {stdout}");
+    assert!(stdout.contains("config.json but no weights"), "{stdout}");
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn a_missing_tokenizer_is_named_with_the_directory_it_was_looked_up_from() {
+    let elsewhere = scratch("elsewhere");
+    let recipe = repo_root().join("recipes/tiny-seqtopk-math.toml");
+    let out = seqtopk(&[
+        "train".into(),
+        "--recipe".into(),
+        recipe.display().to_string(),
+        "--set".into(),
+        format!("output_dir=\"{}\"", elsewhere.join("run").display()),
+    ])
+    .current_dir(&elsewhere)
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    let err = text(&out);
+    let cwd = std::fs::canonicalize(&elsewhere).unwrap();
+    assert!(
+        err.contains("tokenizer data/"),
+        "not called a data source: {err}"
+    );
+    assert!(
+        err.contains(&format!("(looked up from {})", cwd.display())),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&elsewhere).unwrap();
 }

@@ -3,7 +3,16 @@
 //! Every problem with user data is reported before training starts (at [`crate::Pipeline::new`])
 //! and names the file (and line) at fault, so a bad recipe fails in seconds rather than after hours.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// For a relative path, which directory it was looked up in (a command run from elsewhere
+/// otherwise reports a path that exists).
+fn relative_note(path: &Path) -> String {
+    match std::env::current_dir() {
+        Ok(cwd) if path.is_relative() => format!(" (looked up from {})", cwd.display()),
+        _ => String::new(),
+    }
+}
 
 /// Everything that can go wrong while loading, tokenising or resuming data.
 #[derive(Debug, thiserror::Error)]
@@ -19,9 +28,16 @@ pub enum DataError {
     },
     /// A source path does not exist.
     #[error(
-        "source {path} does not exist (did you run tools/fetch-corpora.sh, or mean data/samples/...?)"
+        "source {path} does not exist{} (did you run tools/fetch-corpora.sh, or mean data/samples/...?)",
+        relative_note(.path)
     )]
     MissingFile {
+        /// The missing path.
+        path: PathBuf,
+    },
+    /// The tokenizer file does not exist.
+    #[error("tokenizer {path} does not exist{}", relative_note(.path))]
+    MissingTokenizer {
         /// The missing path.
         path: PathBuf,
     },

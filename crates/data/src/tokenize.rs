@@ -67,7 +67,7 @@ impl std::fmt::Debug for DocTokenizer {
 /// needs each token's true byte range. Ids are unaffected.
 pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
     if !path.exists() {
-        return Err(DataError::MissingFile {
+        return Err(DataError::MissingTokenizer {
             path: path.to_path_buf(),
         });
     }

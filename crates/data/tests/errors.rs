@@ -163,7 +163,12 @@ fn missing_files_are_errors() {
     let p = write(&d, "a.jsonl", "{\"text\": \"the cat\"}\n");
     let mut cfg = one_source(p, SourceFormat::Auto);
     cfg.tokenizer = d.join("no-tokenizer.json");
-    assert!(matches!(err(cfg), DataError::MissingFile { .. }));
+    let e = err(cfg);
+    assert!(matches!(e, DataError::MissingTokenizer { .. }), "{e}");
+    assert!(
+        e.to_string().starts_with("tokenizer "),
+        "not a data source: {e}"
+    );
     let mut cfg = one_source(d.join("a.jsonl"), SourceFormat::Auto);
     cfg.tokenizer = write(&d, "garbage.json", "{not a tokenizer");
     assert!(matches!(err(cfg), DataError::Tokenizer { .. }));

@@ -158,6 +158,46 @@ impl MoeTransformerConfig {
             .filter(|&i| self.is_moe_layer(i))
             .collect()
     }
+
+    /// Scalar parameters of the model this config describes, counted without building it (what a
+    /// dry run reports when the weights are not at hand). Equals `MoeTransformer::num_params`.
+    pub fn parameter_count(&self) -> usize {
+        let h = self.hidden_size;
+        let q = self.num_attention_heads * self.head_dim;
+        let kv = self.num_key_value_heads * self.head_dim;
+        let qkv_bias = if self.qkv_bias { q + 2 * kv } else { 0 };
+        let qk_norm = match self.qk_norm {
+            QkNorm::None => 0,
+            QkNorm::FullWidth => q + kv,
+            QkNorm::PerHead => 2 * self.head_dim,
+        };
+        let attention =
+            h * (q + 2 * kv) + qkv_bias + q * h + usize::from(self.o_bias) * h + qk_norm;
+        let moe = self.moe.as_ref().map_or(0, |m| {
+            let shared = m
+                .shared_expert_intermediate_size
+                .map_or(0, |i| 3 * h * i + h);
+            m.num_experts * h + m.num_experts * 3 * h * m.expert_intermediate_size + shared
+        });
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|ffn| {
+                2 * h
+                    + attention
+                    + match ffn {
+                        FfnKind::Dense { intermediate_size } => 3 * h * intermediate_size,
+                        FfnKind::Moe => moe,
+                    }
+            })
+            .sum();
+        let head = if self.tie_word_embeddings {
+            0
+        } else {
+            self.vocab_size * h
+        };
+        self.vocab_size * h + head + layers + h
+    }
 }
 
 /// `rope_parameters` (transformers v5) or `rope_scaling` (v4).

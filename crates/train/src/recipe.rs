@@ -262,6 +262,14 @@ impl Recipe {
             .unwrap_or_else(|| Path::new("runs").join(&self.name))
     }
 
+    /// Token slots per optimiser step: rows × sequence length over accumulation and replicas.
+    pub fn tokens_per_step(&self) -> usize {
+        self.batch.micro_batch_size
+            * self.batch.grad_accum_steps
+            * self.devices.len()
+            * self.data.seq_len
+    }
+
     /// TensorBoard directory.
     pub fn log_dir(&self) -> PathBuf {
         self.log_dir

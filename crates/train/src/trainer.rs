@@ -33,6 +33,8 @@ pub struct TrainerOptions {
     pub progress: bool,
     /// Set (e.g. by Ctrl-C) to save a checkpoint and stop after the current step.
     pub interrupt: Option<Arc<AtomicBool>>,
+    /// Resume without checking the checkpoint's manifest (sizes and SHA-256 of its files).
+    pub no_verify: bool,
 }
 
 /// What a run costs: printed by `--dry-run` and at start.
@@ -151,7 +153,7 @@ impl Trainer {
             (Some(s), _) => s,
             (None, Some(epochs)) => {
                 let tokens = train_tokens(&pipeline)?;
-                let per_step = tokens_per_step(&recipe) as f64;
+                let per_step = recipe.tokens_per_step() as f64;
                 ((epochs * tokens as f64 / per_step).ceil() as u64).max(1)
             }
             (None, None) => unreachable!("validated"),
@@ -224,7 +226,7 @@ impl Trainer {
             }
             None => params_total,
         };
-        let tokens_per_step = tokens_per_step(&self.recipe);
+        let tokens_per_step = self.recipe.tokens_per_step();
         Budget {
             params_total,
             params_active,
@@ -237,12 +239,23 @@ impl Trainer {
 
     /// Loads the newest checkpoint of the run's output directory: model, optimiser, data
     /// position and step. Returns the step resumed from, or `None` when there is none.
+    ///
+    /// The checkpoint is verified against its manifest first; a damaged or incomplete newest
+    /// checkpoint is an error, never passed over for an older one.
     pub fn resume_latest(&mut self) -> Result<Option<u64>, TrainError> {
+        self.resume_latest_with(true)
+    }
+
+    /// [`Trainer::resume_latest`], with checksum verification optional (`verify = false` also
+    /// accepts a checkpoint without manifest).
+    pub fn resume_latest_with(&mut self, verify: bool) -> Result<Option<u64>, TrainError> {
         let output = self.recipe.output_dir();
-        resume::clean_leftovers(&output);
         let Some(found) = resume::latest_checkpoint(&output) else {
             return Ok(None);
         };
+        if verify {
+            resume::verify_checkpoint(&found, true)?;
+        }
         let dir = found.dir;
         let state = resume::read_state(&dir)?;
         if state.name != self.recipe.name {
@@ -262,20 +275,26 @@ impl Trainer {
             .load_from(&mut store)
             .map_err(|e| ckpt_err(model_path.clone(), e.to_string()))?;
         if !applied.missing.is_empty() || !applied.errors.is_empty() {
+            let first = applied
+                .missing
+                .first()
+                .map(|m| format!("missing {m:?}"))
+                .or_else(|| applied.errors.first().map(|e| format!("{e}")))
+                .unwrap_or_default();
             return Err(ckpt_err(
                 model_path,
                 format!(
-                    "does not match the recipe's model: missing {:?}, errors {:?}",
-                    applied.missing, applied.errors
+                    "does not match the recipe's model ({} tensors missing, {} mismatched; first: {first})",
+                    applied.missing.len(),
+                    applied.errors.len()
                 ),
             ));
         }
         let optim_path = dir.join(OPTIMIZER_FILE);
-        self.optim = self
-            .optim
-            .clone()
-            .load(&optim_path)
-            .map_err(|e| ckpt_err(optim_path, format!("{e:?}")))?;
+        self.optim =
+            self.optim.clone().load(&optim_path).map_err(|e| {
+                ckpt_err(optim_path, format!("cannot load the optimiser state: {e}"))
+            })?;
         self.pipeline
             .restore(&state.pipeline)
             .map_err(|e| ckpt_err(dir.clone(), e.to_string()))?;
@@ -312,7 +331,7 @@ impl Trainer {
                     .map_err(|e| format!("writing the model: {e}"))?;
                 self.optim
                     .save(dir.join(OPTIMIZER_FILE))
-                    .map_err(|e| format!("writing the optimiser state: {e:?}"))?;
+                    .map_err(|e| format!("writing the optimiser state: {e}"))?;
                 let json = serde_json::to_string_pretty(&state).map_err(|e| e.to_string())?;
                 std::fs::write(dir.join(STATE_FILE), json).map_err(|e| e.to_string())?;
                 std::fs::write(dir.join(RECIPE_FILE), &recipe_toml).map_err(|e| e.to_string())?;
@@ -565,7 +584,7 @@ impl Trainer {
     }
 
     /// Exports the current model as a native checkpoint (what `eval`, `generate` and
-    /// `convert export` read).
+    /// `convert export` read); its config.json records the recipe's routing, which they apply.
     pub fn export(&self, out: &Path) -> Result<PathBuf, TrainError> {
         let options = seqtopk_checkpoint::SaveOptions {
             source: format!(
@@ -575,9 +594,13 @@ impl Trainer {
             force: true,
             ..Default::default()
         };
+        let mut config = self.hf_config.clone();
+        if let Some(router) = &self.recipe.router {
+            seqtopk_checkpoint::record_routing(&mut config, router);
+        }
         seqtopk_checkpoint::save_native(
             &self.model,
-            &self.hf_config,
+            &config,
             self.tokenizer_dir.as_deref(),
             out,
             &options,
@@ -597,8 +620,10 @@ impl Trainer {
             path: output.clone(),
             message: e.to_string(),
         })?;
+        let _lock = resume::lock_output(&output)?;
+        resume::clean_leftovers(&output);
         if options.resume {
-            match self.resume_latest()? {
+            match self.resume_latest_with(!options.no_verify)? {
                 Some(step) => tracing::info!("continuing from step {step}"),
                 None => tracing::warn!(
                     "--resume: no checkpoint in {}; starting from step 0",
@@ -696,13 +721,6 @@ fn progress_bar(enabled: bool, total: u64, position: u64) -> ProgressBar {
         .progress_chars("=> "),
     );
     bar
-}
-
-fn tokens_per_step(recipe: &Recipe) -> usize {
-    recipe.batch.micro_batch_size
-        * recipe.batch.grad_accum_steps
-        * recipe.devices.len()
-        * recipe.data.seq_len
 }
 
 /// How one micro-batch's losses are weighted within the step.
