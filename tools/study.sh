@@ -5,12 +5,12 @@
 #   3. the upcycled model and both fine-tunes evaluated under both routers with the same commands.
 # Steps whose output exists are skipped, so an interrupted study continues where it stopped.
 #
-# Usage: tools/study.sh     env: SEQTOPK (binary, default target/debug/seqtopk), STUDY_OUT
+# Usage: tools/study.sh     env: SEQTOPK (binary, default target/release/seqtopk), STUDY_OUT
 #                                (default runs/study), LAMBADA_LIMIT, MMLU_LIMIT, PPL_LIMIT, GEN_LIMIT
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-BIN="${SEQTOPK:-target/debug/seqtopk}"
+BIN="${SEQTOPK:-target/release/seqtopk}"
 OUT="${STUDY_OUT:-runs/study}"
 # Items per task (documents per domain for ppl), sized for a 2-core CPU; raise them on a GPU.
 LAMBADA_LIMIT="${LAMBADA_LIMIT:-100}"
@@ -21,7 +21,7 @@ BASE=checkpoints/smollm2-135m-e8k2
 
 log() { printf '[study] %s\n' "$*" >&2; }
 
-[[ -x "$BIN" ]] || cargo build -p seqtopk-cli
+[[ -x "$BIN" ]] || cargo build --release -p seqtopk-cli
 [[ -f data/models/smollm2/hf/model.safetensors ]] || bash tools/fetch-corpora.sh
 if [[ ! -f "$BASE/manifest.json" ]]; then
   log "upcycling SmolLM2-135M to 8 experts, top-2"

@@ -11,6 +11,11 @@ mod train;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc keeps freed pages for reuse: with glibc's malloc every step's large temporaries are
+/// unmapped when freed and faulted in (zeroed) again on the next step.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Command line of the `seqtopk` binary.
 #[derive(Debug, Parser)]
 #[command(name = "seqtopk", version, about, propagate_version = true)]

@@ -3,9 +3,14 @@
 //! - one OLMoE-1B-7B-shaped MoE layer (hidden 2048, 64 experts of 1024, K = 8), forward+backward;
 //! - the tiny recipe again in each mixed precision (bf16, f16) the device supports.
 //!
-//! Each case runs in its own child process so its peak resident memory (`VmHWM`) is its own.
+//! Each case runs in its own child process so its peak resident memory (`VmHWM`) is its own; its
+//! minor page faults per timed step (`/proc/self/stat`) say how much memory it takes fresh from
+//! the OS each step. The bench runs on mimalloc, as the `seqtopk` binary does; add
+//! `--features seqtopk-train/system-allocator` to measure glibc's malloc instead.
 //! `cargo bench -p seqtopk-train --bench train [-- --quick] [--backend wgpu|cuda]`; run from
 //! anywhere. The tiny recipe's data paths are relative, so the bench runs from the repository root.
+
+mod common;
 
 use std::process::Command;
 use std::time::Instant;
@@ -14,6 +19,10 @@ use seqtopk_backend::Backend;
 use seqtopk_model::{MoeTransformer, MoeTransformerConfig};
 use seqtopk_router::{RouterConfig, RoutingMode, TokenLayout};
 use seqtopk_train::{DEFAULT_RECIPE, Precision, Recipe, Trainer};
+
+#[cfg(not(feature = "system-allocator"))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const CASE_ENV: &str = "SEQTOPK_BENCH_CASE";
 
@@ -33,10 +42,18 @@ fn main() {
     }
     let device: Backend = backend.parse().unwrap();
     let device = device.device(0).unwrap();
-    println!("backend: {backend}; peak memory = the case process's VmHWM (host memory)");
+    let allocator = if cfg!(feature = "system-allocator") {
+        "system"
+    } else {
+        "mimalloc"
+    };
     println!(
-        "{:<36} {:>8} {:>9} {:>12} {:>12} {:>10}",
-        "case", "router", "precision", "tokens/s", "s/step", "peak MiB"
+        "backend: {backend}; allocator: {allocator}; peak memory = the case process's VmHWM \
+         (host memory); faults per timed step"
+    );
+    println!(
+        "{:<36} {:>8} {:>9} {:>12} {:>12} {:>10} {:>12} {:>7}",
+        "case", "router", "precision", "tokens/s", "s/step", "peak MiB", "minflt/step", "majflt"
     );
     let mut cases: Vec<(&str, &str, Precision)> = Vec::new();
     for mode in ["topk", "seqtopk"] {
@@ -72,15 +89,18 @@ fn main() {
             .split_whitespace()
             .map(|f| f.parse().unwrap())
             .collect();
-        let (tps, sps, peak) = (fields[0], fields[1], fields[2]);
+        let (tps, sps, peak, minflt, majflt) =
+            (fields[0], fields[1], fields[2], fields[3], fields[4]);
         println!(
-            "{:<36} {:>8} {:>9} {:>12.0} {:>12.3} {:>10.0}",
+            "{:<36} {:>8} {:>9} {:>12.0} {:>12.3} {:>10.0} {:>12.0} {:>7.0}",
             label(case),
             mode,
             precision.to_string(),
             tps,
             sps,
-            peak
+            peak,
+            minflt,
+            majflt
         );
         rates.push((case, mode, precision, tps));
     }
@@ -123,7 +143,7 @@ fn label(case: &str) -> &'static str {
     }
 }
 
-/// Runs one case and prints `tokens/s seconds/step peak_MiB`.
+/// Runs one case and prints `tokens/s seconds/step peak_MiB minflt/step majflt/step`.
 fn run_case(case: &str, backend: &str, quick: bool) {
     let mut parts = case.split(':');
     let (case, mode, precision) = (
@@ -131,14 +151,29 @@ fn run_case(case: &str, backend: &str, quick: bool) {
         parts.next().unwrap(),
         parts.next().unwrap(),
     );
-    let (tokens, seconds) = match case {
+    let (tokens, seconds, (minflt, majflt)) = match case {
         "tiny" => tiny(mode, precision, backend, quick),
         _ => olmoe_layer(mode, backend, quick),
     };
-    println!("{} {} {}", tokens / seconds, seconds, peak_mib());
+    println!(
+        "{} {} {} {minflt} {majflt}",
+        tokens / seconds,
+        seconds,
+        common::peak_mib()
+    );
 }
 
-fn tiny(mode: &str, precision: &str, backend: &str, quick: bool) -> (f64, f64) {
+/// Page faults per step over `steps` steps since `before` (from [`common::faults`]).
+fn faults_per_step(before: (u64, u64), steps: usize) -> (f64, f64) {
+    let after = common::faults();
+    let n = steps as f64;
+    (
+        (after.0 - before.0) as f64 / n,
+        (after.1 - before.1) as f64 / n,
+    )
+}
+
+fn tiny(mode: &str, precision: &str, backend: &str, quick: bool) -> (f64, f64, (f64, f64)) {
     let steps = if quick { 3 } else { 10 };
     let overrides = vec![
         format!("router.mode=\"{mode}\""),
@@ -151,16 +186,21 @@ fn tiny(mode: &str, precision: &str, backend: &str, quick: bool) -> (f64, f64) {
     let recipe = Recipe::parse(DEFAULT_RECIPE, "default", &overrides).unwrap();
     let mut trainer = Trainer::new(recipe).unwrap();
     trainer.step_once().unwrap(); // warm-up
+    let faults = common::faults();
     let start = Instant::now();
     let mut tokens = 0;
     for _ in 0..steps {
         tokens += trainer.step_once().unwrap().tokens;
     }
     let s = start.elapsed().as_secs_f64();
-    (tokens as f64 / steps as f64, s / steps as f64)
+    (
+        tokens as f64 / steps as f64,
+        s / steps as f64,
+        faults_per_step(faults, steps),
+    )
 }
 
-fn olmoe_layer(mode: &str, backend: &str, quick: bool) -> (f64, f64) {
+fn olmoe_layer(mode: &str, backend: &str, quick: bool) -> (f64, f64, (f64, f64)) {
     let t = if quick { 128 } else { 512 };
     let config = serde_json::json!({
         "model_type": "olmoe", "vocab_size": 1024, "hidden_size": 2048,
@@ -183,7 +223,11 @@ fn olmoe_layer(mode: &str, backend: &str, quick: bool) -> (f64, f64) {
     let layout = TokenLayout::dense(1, t);
     let reps = if quick { 1 } else { 3 };
     let mut elapsed = 0.0;
+    let mut faults = common::faults();
     for rep in 0..=reps {
+        if rep == 1 {
+            faults = common::faults();
+        }
         let start = Instant::now();
         let out = model.forward(&ids, &layout, &device).unwrap();
         let loss = out.logits.mean();
@@ -193,14 +237,9 @@ fn olmoe_layer(mode: &str, backend: &str, quick: bool) -> (f64, f64) {
             elapsed += start.elapsed().as_secs_f64();
         }
     }
-    (t as f64, elapsed / reps as f64)
-}
-
-fn peak_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+    (
+        t as f64,
+        elapsed / reps as f64,
+        faults_per_step(faults, reps),
+    )
 }
