@@ -291,9 +291,7 @@ pub fn plan_tiers(counts: &[usize], training: bool) -> Vec<Tier> {
         .windows(2)
         .map(|pair| {
             let (from, to) = (cuts[pair[0]], cuts[pair[1]]);
-            let experts: Vec<usize> = (0..e)
-                .filter(|&x| training || counts[x] > from)
-                .collect();
+            let experts: Vec<usize> = (0..e).filter(|&x| training || counts[x] > from).collect();
             Tier {
                 all_experts: experts.len() == e,
                 experts,
@@ -382,7 +380,6 @@ mod tests {
             slots.sort_unstable();
             assert_eq!(slots, (0..c).collect::<Vec<_>>(), "expert {e}");
         }
-
     }
 
     #[test]

@@ -249,7 +249,7 @@ mod tests {
             let model = MoeTransformer::init(&config(tied), 5, &device).unwrap();
             let ids: Vec<u32> = (0..14).map(|i| (i * 11 % 37) as u32).collect();
             let layout = TokenLayout::dense(2, 7);
-            let mut targets: Vec<i32> = (0..14).map(|i| ((i * 5 + 3) % 37) as i32).collect();
+            let mut targets: Vec<i32> = (0..14).map(|i| (i * 5 + 3) % 37).collect();
             targets[6] = -1;
             targets[13] = -1;
             targets[2] = -1;
