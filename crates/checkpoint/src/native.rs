@@ -368,7 +368,15 @@ fn burnpack_problem(e: &burn::store::burn_pack::Error) -> String {
             let text = e.to_string();
             let short: String = text.chars().take(300).collect();
             let more = if short.len() < text.len() { " …" } else { "" };
-            format!("its tensors do not match the model config.json describes: {short}{more}")
+            // Checkpoints written before the experts were stacked hold one tensor per expert.
+            let hint = if text.contains("experts.gate_up") {
+                " (a checkpoint written before seqtopk stacked each layer's experts into \
+                 `experts.gate_up`/`experts.down` holds one tensor per expert: export it to Hugging \
+                 Face format with the seqtopk that wrote it and `convert import` that)"
+            } else {
+                ""
+            };
+            format!("its tensors do not match the model config.json describes{hint}: {short}{more}")
         }
         _ => format!(
             "not a readable burnpack file ({e}): damaged, truncated or not written by seqtopk"
