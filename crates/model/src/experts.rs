@@ -17,6 +17,8 @@ use burn::tensor::activation::silu;
 use burn::tensor::{DType, Device, IndexingUpdateOp, Int, Tensor, TensorData};
 use seqtopk_router::RoutingPlan;
 
+use crate::weights::transpose;
+
 /// The routed experts of one MoE layer: `down(silu(x·gate) ⊙ x·up)` per expert, stacked.
 ///
 /// Weights are stored input-major (as Burn's `Linear`), so a dispatch is a plain batched matmul.
@@ -151,19 +153,19 @@ impl Experts {
             0,
         );
         let training = x.is_tracked() || self.gate_up.val().is_tracked();
+        let [_, h] = x.dims();
         for tier in plan_tiers(&counts, training) {
-            let slots = tier.slots(plan);
             let (s, c) = (tier.experts.len(), tier.capacity);
-            let rows: Vec<i64> = slots
-                .iter()
-                .map(|slot| slot.map_or(0, |q| i64::from(plan.pair_positions()[q])))
-                .collect();
-            let slot_index: Vec<i64> = slots
-                .iter()
-                .map(|slot| slot.unwrap_or(pairs) as i64)
-                .collect();
+            // Padded rows read position 0 and take the zero weight past the pairs.
+            let (rows, slot_index): (Vec<i64>, Vec<i64>) = tier
+                .slots(plan)
+                .into_iter()
+                .map(|slot| match slot {
+                    Some(q) => (i64::from(plan.pair_positions()[q]), q as i64),
+                    None => (0, pairs as i64),
+                })
+                .unzip();
             let rows = int_tensor(rows, &device);
-            let [_, h] = x.dims();
             let xg = x.clone().select(0, rows.clone()).reshape([s, c, h]);
             let (gate_up, down) = if tier.all_experts {
                 (self.gate_up.val(), self.down.val())
@@ -312,14 +314,10 @@ pub fn plan_tiers(counts: &[usize], training: bool) -> Vec<Tier> {
         .collect()
 }
 
-fn int_tensor(values: Vec<i64>, device: &Device) -> Tensor<1, Int> {
+/// A 1-D index tensor on `device`.
+pub(crate) fn int_tensor(values: Vec<i64>, device: &Device) -> Tensor<1, Int> {
     let len = values.len();
     Tensor::from_data(TensorData::new(values, [len]), device)
-}
-
-/// `[rows, cols]` row-major → `[cols, rows]` row-major.
-fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    crate::weights::transpose(values, rows, cols)
 }
 
 #[cfg(test)]

@@ -12,9 +12,10 @@
 //! cross-entropy, written with plain tensor ops so every backend runs it.
 
 use burn::tensor::activation::softmax;
-use burn::tensor::{DType, Device, IndexingUpdateOp, Int, Tensor, TensorData};
+use burn::tensor::{DType, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::ModelError;
+use crate::experts::int_tensor;
 use crate::model::MoeTransformer;
 
 /// Logit elements per chunk (64 MiB of f32): big enough for efficient matmuls, small next to the
@@ -72,9 +73,10 @@ impl MoeTransformer {
             });
         }
         let (weight, bias) = self.head();
-        let hidden = hidden
-            .reshape([b * t, h])
-            .select(0, int_tensor(positions.iter().map(|&p| p as i64), &device));
+        let hidden = hidden.reshape([b * t, h]).select(
+            0,
+            int_tensor(positions.iter().map(|&p| p as i64).collect(), &device),
+        );
         let track = hidden.is_tracked() || weight.is_tracked();
         let ids: Vec<i64> = positions.iter().map(|&p| i64::from(targets[p])).collect();
         let rows = rows.clamp(1, positions.len());
@@ -197,12 +199,6 @@ fn accumulate<const D: usize>(acc: Option<Tensor<D>>, part: Tensor<D>) -> Tensor
         Some(acc) => acc + part,
         None => part,
     }
-}
-
-fn int_tensor(values: impl Iterator<Item = i64>, device: &Device) -> Tensor<1, Int> {
-    let values: Vec<i64> = values.collect();
-    let len = values.len();
-    Tensor::from_data(TensorData::new(values, [len]), device)
 }
 
 #[cfg(test)]
