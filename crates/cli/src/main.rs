@@ -7,6 +7,7 @@ mod eval;
 mod eval_loss;
 mod eval_tasks;
 mod generate;
+mod tokenizer;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +38,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Generate continuations of prompts.
     Generate(generate::GenerateArgs),
+    /// Train a byte-level BPE tokenizer on a recipe's training data (for models from scratch).
+    Tokenizer(tokenizer::TokenizerArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -47,6 +50,7 @@ fn main() -> std::process::ExitCode {
         Command::Convert(args) => convert::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Tokenizer(args) => tokenizer::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -26,6 +26,7 @@
 //! # Ok::<(), seqtopk_data::DataError>(())
 //! ```
 
+pub mod bpe;
 pub mod config;
 pub mod error;
 pub mod pipeline;
@@ -34,6 +35,7 @@ pub mod source;
 pub mod template;
 pub mod tokenize;
 
+pub use bpe::{BpeOptions, BpeSummary, train_bpe};
 pub use config::{
     ChatTemplateKind, DataConfig, Mode, OnBadLine, Packing, SourceConfig, SourceFormat,
 };
