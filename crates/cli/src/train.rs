@@ -36,6 +36,13 @@ pub struct TrainArgs {
     /// also accepts a checkpoint written without one.
     #[arg(long, requires = "resume")]
     no_verify: bool,
+    /// Evaluate instead of training: the held-out loss of every domain of the recipe's
+    /// validation split (its first `train.eval_batches` batches each), with the routing each
+    /// domain's tokens got, as one JSON object on stdout. Evaluates the model the recipe starts
+    /// from, or with `--resume` the newest checkpoint of its output directory; `--set
+    /// router.mode=… --set router.top_k=…` evaluates it under another router.
+    #[arg(long, conflicts_with = "dry_run")]
+    eval_only: bool,
 }
 
 /// Runs `train`.
@@ -55,7 +62,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if args.dry_run {
         return dry_run(&recipe, &origin);
     }
-    let trainer = Trainer::new(recipe.clone()).with_context(|| format!("preparing {origin}"))?;
+    let mut trainer =
+        Trainer::new(recipe.clone()).with_context(|| format!("preparing {origin}"))?;
+    if args.eval_only {
+        return eval_only(&mut trainer, &recipe, &origin, &args);
+    }
     let budget = trainer.budget();
     tracing::info!(
         recipe = %origin,
@@ -101,6 +112,51 @@ pub fn run(args: TrainArgs) -> Result<()> {
             std::process::exit(130);
         }
     }
+}
+
+/// `--eval-only`: held-out loss and routing per domain, as JSON.
+fn eval_only(trainer: &mut Trainer, recipe: &Recipe, origin: &str, args: &TrainArgs) -> Result<()> {
+    let step = if args.resume {
+        let found = trainer.resume_latest_with(!args.no_verify)?;
+        if found.is_none() {
+            anyhow::bail!(
+                "--resume: no checkpoint in {} to evaluate",
+                recipe.output_dir().display()
+            );
+        }
+        found
+    } else {
+        None
+    };
+    let domains = trainer
+        .evaluate()
+        .with_context(|| format!("evaluating {origin}"))?;
+    let (sum, tokens) = domains.iter().fold((0.0, 0usize), |(s, n), d| {
+        (s + d.loss * d.tokens as f64, n + d.tokens)
+    });
+    let router = trainer.model().router().map(|r| {
+        let c = r.config();
+        serde_json::json!({
+            "mode": c.mode.name(),
+            "top_k": c.top_k,
+            "floor": c.floor,
+            "cap": c.cap,
+            "online_budget": (c.mode == seqtopk_router::RoutingMode::OnlineSeqtopk)
+                .then(|| c.online_budget.name()),
+            "causal": crate::eval_loss::is_causal(c.mode),
+        })
+    });
+    let report = serde_json::json!({
+        "recipe": origin,
+        "checkpoint": recipe.model.checkpoint,
+        "checkpoint_step": step,
+        "router": router,
+        "loss": (tokens > 0).then(|| sum / tokens as f64),
+        "tokens": tokens,
+        "domains": domains,
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
 }
 
 /// f32 weights, gradients and both AdamW moments; a half-precision run adds its 2-byte copy.

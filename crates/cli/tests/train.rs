@@ -127,6 +127,9 @@ fn tiny_recipe_loss_falls_and_tensorboard_holds_the_metrics() {
         "train/grad_norm",
         "train/tokens_per_s",
         "eval/loss/math",
+        "eval/experts_per_token/math",
+        "eval/at_floor/math",
+        "eval/at_cap/math",
         "router/layer0/experts_per_token_mean",
         "router/layer1/fraction_at_floor",
         "router/layer1/fraction_at_cap",
@@ -743,4 +746,142 @@ fn a_missing_tokenizer_is_named_with_the_directory_it_was_looked_up_from() {
         "{err}"
     );
     std::fs::remove_dir_all(&elsewhere).unwrap();
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}", text(out));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(out)))
+}
+
+#[test]
+fn eval_only_scores_the_checkpoint_as_training_did_and_under_another_router() {
+    let out = scratch("eval-only");
+    let res = run(&small_run(&out, 3, &["train.eval_every=0"]));
+    assert!(res.status.success(), "{}", text(&res));
+    // The run's own evaluation after its last step, from TensorBoard.
+    let files = seqtopk_tensorboard::event_files(&out.join("tensorboard")).unwrap();
+    let events = seqtopk_tensorboard::read_events(&files[0]).unwrap();
+    let scalars = seqtopk_tensorboard::scalars(&events.events);
+    let logged = scalars["eval/loss/math"][0].1;
+    let logged_experts = scalars["eval/experts_per_token/math"][0].1;
+
+    let mut args = small_run(&out, 3, &[]);
+    args.push("--eval-only".into());
+    args.push("--resume".into());
+    let report = json(&run(&args));
+    assert_eq!(report["checkpoint_step"], 3);
+    assert_eq!(report["router"]["mode"], "seqtopk");
+    assert_eq!(report["router"]["causal"], false);
+    let math = &report["domains"][0];
+    assert_eq!(math["domain"], "math");
+    // Reloaded from the checkpoint, the model scores the same batches the same way.
+    let loss = math["loss"].as_f64().unwrap();
+    assert!((loss - logged).abs() < 1e-5, "{loss} vs {logged} logged");
+    let experts = math["experts_per_token"].as_f64().unwrap();
+    assert!((experts - logged_experts).abs() < 1e-5);
+    // SeqTopK at K = 2 spends the whole budget (2 per token on average) unevenly.
+    assert!(
+        experts >= 2.0 && math["at_floor"].as_f64().unwrap() > 0.0,
+        "{math}"
+    );
+
+    // Another router on the same checkpoint: TopK at K = 1 gives every token one expert.
+    args.extend(["--set", "router.mode=\"topk\"", "--set", "router.top_k=1"].map(String::from));
+    let report = json(&run(&args));
+    let math = &report["domains"][0];
+    assert_eq!(report["router"]["mode"], "topk");
+    assert_eq!(math["experts_per_token"], 1.0);
+    assert_ne!(math["loss"].as_f64().unwrap(), loss);
+
+    // Nothing to resume is an error, not a score of a fresh model.
+    let empty = scratch("eval-only-empty");
+    let mut args = small_run(&empty, 3, &[]);
+    args.extend(["--eval-only", "--resume"].map(String::from));
+    let res = run(&args);
+    assert!(!res.status.success());
+    assert!(text(&res).contains("no checkpoint"), "{}", text(&res));
+    std::fs::remove_dir_all(&out).unwrap();
+    std::fs::remove_dir_all(&empty).unwrap();
+}
+
+#[test]
+fn a_tokenizer_trained_on_a_recipe_runs_that_recipe_from_scratch() {
+    let dir = scratch("bpe");
+    let tokenizer = dir.join("bpe").join("tokenizer.json");
+    let data = [
+        format!("data.tokenizer=\"{}\"", tokenizer.display()),
+        "data.eos_token=\"<|endoftext|>\"".into(),
+        "data.pad_token=\"<|padding|>\"".into(),
+        "data.sources=[{path=\"data/samples/math/math_train.jsonl\", format=\"prompt_completion\", \
+         domain=\"math\"}, {path=\"data/samples/writing/austen.jsonl\", format=\"text_jsonl\", \
+         domain=\"writing\"}]"
+            .into(),
+    ];
+    let with_data = |mut args: Vec<String>| {
+        for d in &data {
+            args.extend(["--set".to_string(), d.clone()]);
+        }
+        args
+    };
+    let train_tokenizer = |vocab: &str| {
+        run(&with_data(
+            [
+                "tokenizer",
+                "--recipe",
+                "recipes/tiny-seqtopk-math.toml",
+                "--vocab-size",
+                vocab,
+            ]
+            .map(String::from)
+            .to_vec(),
+        ))
+    };
+    // Too small for the byte alphabet: refused, nothing written.
+    let res = train_tokenizer("200");
+    assert!(!res.status.success());
+    assert!(text(&res).contains("more than 258"), "{}", text(&res));
+    assert!(!tokenizer.exists());
+
+    let report = json(&train_tokenizer("600"));
+    assert_eq!(report["vocab_size"], 600);
+    assert_eq!(
+        report["special_tokens"],
+        serde_json::json!(["<|endoftext|>", "<|padding|>"])
+    );
+    let tok = tokenizers::Tokenizer::from_file(&tokenizer).unwrap();
+    assert_eq!(tok.token_to_id("<|endoftext|>"), Some(0));
+    assert_eq!(tok.token_to_id("<|padding|>"), Some(1));
+    // Byte-level: any text round-trips, and the learnt merges compress English.
+    let text_in = "It is a truth universally acknowledged — 𝔼[x²] ≠ 0.";
+    let ids = tok.encode(text_in, false).unwrap();
+    assert_eq!(tok.decode(ids.get_ids(), false).unwrap(), text_in);
+    let plain = tok
+        .encode("the single man in possession of a good fortune", false)
+        .unwrap();
+    assert!(plain.get_ids().len() < 30, "{:?}", plain.get_ids());
+
+    // An existing tokenizer is never overwritten.
+    let before = std::fs::read(&tokenizer).unwrap();
+    let res = train_tokenizer("700");
+    assert!(!res.status.success());
+    assert!(text(&res).contains("already exists"), "{}", text(&res));
+    assert_eq!(std::fs::read(&tokenizer).unwrap(), before);
+
+    // The recipe trains from scratch on it, with the vocabulary sized to it.
+    let out = dir.join("run");
+    let mut args = small_run(
+        &out,
+        3,
+        &[
+            "model.config.vocab_size=600",
+            "model.config.eos_token_id=0",
+            "model.config.pad_token_id=1",
+            "train.eval_every=0",
+        ],
+    );
+    args = with_data(args);
+    let res = run(&args);
+    assert!(res.status.success(), "{}", text(&res));
+    assert!(out.join("final").join("tokenizer.json").is_file());
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -18,7 +18,7 @@ mod trainer;
 
 pub use error::TrainError;
 pub use gradients::{GradientTools, ParamEntry, ParamPaths};
-pub use metrics::{LayerRouting, StepMetrics};
+pub use metrics::{DomainEval, LayerRouting, StepMetrics};
 pub use precision::{LossScaleSection, LossScaler, Precision, ScaleVerdict};
 pub use recipe::{
     BatchSection, DEFAULT_RECIPE, DEFAULT_RECIPE_NAME, ModelSection, OptimizerSection, Recipe,

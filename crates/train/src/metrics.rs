@@ -98,6 +98,67 @@ impl LayerRouting {
     }
 }
 
+/// Held-out loss of one domain, and how the router spent experts on its tokens: what tells a
+/// TopK model from a SeqTopK one on the same text.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DomainEval {
+    /// The recipe's domain tag.
+    pub domain: String,
+    /// Mean next-token cross-entropy over the scored targets.
+    pub loss: f64,
+    /// Scored target tokens.
+    pub tokens: usize,
+    /// Experts per valid token, over every MoE layer (`None` for a dense model).
+    pub experts_per_token: Option<f64>,
+    /// Fraction of (token, layer) pairs given the router's floor (1 for SeqTopK).
+    pub at_floor: Option<f64>,
+    /// Fraction of (token, layer) pairs given the router's cap (K + 2 for SeqTopK).
+    pub at_cap: Option<f64>,
+}
+
+/// Running sums behind [`DomainEval`].
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DomainTally {
+    loss_sum: f64,
+    tokens: usize,
+    experts: u64,
+    routed: u64,
+    at_floor: u64,
+    at_cap: u64,
+}
+
+impl DomainTally {
+    /// Adds one scored target's loss.
+    pub(crate) fn add_loss(&mut self, loss: f64) {
+        self.loss_sum += loss;
+        self.tokens += 1;
+    }
+
+    /// Adds one valid token's allocation in one MoE layer.
+    pub(crate) fn add_routing(&mut self, experts: u32, stats: &RoutingStats) {
+        self.experts += u64::from(experts);
+        self.routed += 1;
+        self.at_floor += u64::from(experts as usize <= stats.floor);
+        self.at_cap += u64::from(experts as usize >= stats.cap);
+    }
+
+    /// The figures, `None` when no target was scored.
+    pub(crate) fn finish(self, domain: String) -> Option<DomainEval> {
+        if self.tokens == 0 {
+            return None;
+        }
+        let per_routed = |v: u64| (self.routed > 0).then(|| v as f64 / self.routed as f64);
+        Some(DomainEval {
+            domain,
+            loss: self.loss_sum / self.tokens as f64,
+            tokens: self.tokens,
+            experts_per_token: per_routed(self.experts),
+            at_floor: per_routed(self.at_floor),
+            at_cap: per_routed(self.at_cap),
+        })
+    }
+}
+
 /// Everything one optimiser step measured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepMetrics {
@@ -220,23 +281,31 @@ impl Monitor {
         }
     }
 
-    /// Logs held-out loss per domain and overall.
-    pub fn eval(&mut self, step: u64, per_domain: &[(String, f64, usize)]) {
+    /// Logs held-out loss per domain and overall, and each domain's experts per token and
+    /// floor/cap fractions.
+    pub fn eval(&mut self, step: u64, per_domain: &[DomainEval]) {
         let (mut sum, mut n) = (0.0, 0usize);
-        for (domain, loss, tokens) in per_domain {
-            ok(
-                &mut self.failed,
-                self.writer
-                    .add_scalar(&format!("eval/loss/{domain}"), step as i64, *loss),
-            );
-            sum += loss * *tokens as f64;
-            n += tokens;
+        let s = step as i64;
+        for d in per_domain {
+            let routing = [
+                ("experts_per_token", d.experts_per_token),
+                ("at_floor", d.at_floor),
+                ("at_cap", d.at_cap),
+            ];
+            let scalars = std::iter::once(("loss", Some(d.loss))).chain(routing);
+            for (name, value) in scalars {
+                if let Some(v) = value {
+                    let tag = format!("eval/{name}/{}", d.domain);
+                    ok(&mut self.failed, self.writer.add_scalar(&tag, s, v));
+                }
+            }
+            sum += d.loss * d.tokens as f64;
+            n += d.tokens;
         }
         if n > 0 {
             ok(
                 &mut self.failed,
-                self.writer
-                    .add_scalar("eval/loss/all", step as i64, sum / n as f64),
+                self.writer.add_scalar("eval/loss/all", s, sum / n as f64),
             );
         }
     }

@@ -18,7 +18,7 @@ use seqtopk_router::{LbConvention, RoutingStats, TokenLayout, load_balancing_los
 
 use crate::TrainError;
 use crate::gradients::{GradientTools, ParamPaths};
-use crate::metrics::{LayerRouting, Monitor, StepMetrics};
+use crate::metrics::{DomainEval, DomainTally, LayerRouting, Monitor, StepMetrics};
 use crate::precision::{LossScaler, Precision, ScaleVerdict};
 use crate::recipe::Recipe;
 use crate::resume::{self, MODEL_FILE, OPTIMIZER_FILE, RECIPE_FILE, STATE_FILE, TrainerState};
@@ -528,8 +528,8 @@ impl Trainer {
     }
 
     /// Held-out next-token loss per domain over the first `eval_batches` validation batches of
-    /// each domain: `(domain, mean loss, target tokens)`.
-    pub fn evaluate(&self) -> Result<Vec<(String, f64, usize)>, TrainError> {
+    /// each domain, with the routing each domain's tokens got.
+    pub fn evaluate(&self) -> Result<Vec<DomainEval>, TrainError> {
         let model = self.model.valid();
         let model = match self.recipe.precision.compute_dtype() {
             Some(dtype) => model.cast_for_compute(dtype),
@@ -539,7 +539,7 @@ impl Trainer {
         let per_domain = self.recipe.train.eval_batches;
         let domains = self.pipeline.domains();
         let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-        let mut sums: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+        let mut tallies: BTreeMap<String, DomainTally> = BTreeMap::new();
         for batch in self.pipeline.validation_batches() {
             let batch = batch?;
             // Validation runs source by source: a batch counts for the domains of its rows, and
@@ -559,9 +559,23 @@ impl Trainer {
                 *seen.entry(d.clone()).or_default() += 1;
             }
             let layout = layout_of(&batch)?;
-            let nll = model
+            let out = model
                 .forward_hidden(&batch.input_ids, &layout, &device)
-                .and_then(|out| model.target_nll(out.hidden, &batch.targets))
+                .map_err(|e| TrainError::Model(e.to_string()))?;
+            for routed in &out.router_outputs {
+                let stats = &routed.plan.stats;
+                for (p, &experts) in stats.experts_per_token.iter().enumerate() {
+                    if stats.valid[p] {
+                        let domain = &batch.domains[p / batch.seq_len];
+                        tallies
+                            .entry(domain.clone())
+                            .or_default()
+                            .add_routing(experts, stats);
+                    }
+                }
+            }
+            let nll = model
+                .target_nll(out.hidden, &batch.targets)
                 .map_err(|e| TrainError::Model(e.to_string()))?;
             let values = nll
                 .per_target
@@ -569,17 +583,16 @@ impl Trainer {
                 .try_into_vec_as::<f32>()
                 .map_err(|e| TrainError::Model(format!("reading eval loss back: {e:?}")))?;
             for (&p, &value) in nll.positions.iter().zip(&values) {
-                let entry = sums
-                    .entry(batch.domains[p / batch.seq_len].clone())
-                    .or_default();
-                entry.0 += f64::from(value);
-                entry.1 += 1;
+                let domain = &batch.domains[p / batch.seq_len];
+                tallies
+                    .entry(domain.clone())
+                    .or_default()
+                    .add_loss(f64::from(value));
             }
         }
-        Ok(sums
+        Ok(tallies
             .into_iter()
-            .filter(|(_, (_, n))| *n > 0)
-            .map(|(d, (s, n))| (d, s / n as f64, n))
+            .filter_map(|(domain, tally)| tally.finish(domain))
             .collect())
     }
 
@@ -666,13 +679,14 @@ impl Trainer {
             if (t.eval_every > 0 && self.step.is_multiple_of(t.eval_every)) || last {
                 let eval = self.evaluate()?;
                 monitor.eval(self.step, &eval);
-                for (domain, loss, n) in &eval {
+                for d in &eval {
                     bar.suspend(|| {
                         tracing::info!(
                             step = self.step,
-                            domain,
-                            loss = format!("{loss:.4}"),
-                            tokens = n,
+                            domain = d.domain,
+                            loss = format!("{:.4}", d.loss),
+                            tokens = d.tokens,
+                            experts_per_token = d.experts_per_token.map(|e| format!("{e:.3}")),
                             "eval"
                         )
                     });

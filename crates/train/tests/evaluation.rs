@@ -19,10 +19,18 @@ fn every_domain_gets_its_held_out_loss_from_its_own_batches() {
     let rows_per_batch = recipe.batch.micro_batch_size * recipe.data.seq_len;
     let trainer = Trainer::new(recipe).unwrap();
     let eval = trainer.evaluate().unwrap();
-    let domains: Vec<&str> = eval.iter().map(|(d, _, _)| d.as_str()).collect();
+    let domains: Vec<&str> = eval.iter().map(|d| d.domain.as_str()).collect();
     // The math source alone has more than one validation batch: writing must still be scored.
     assert_eq!(domains, ["math", "writing"]);
-    for (domain, loss, targets) in &eval {
+    for seqtopk_train::DomainEval {
+        domain,
+        loss,
+        tokens: targets,
+        experts_per_token,
+        at_floor,
+        at_cap,
+    } in &eval
+    {
         assert!(loss.is_finite() && *loss > 0.0, "{domain}: {loss}");
         // One batch per domain, plus the batch where the math rows end and the writing rows
         // begin, which counts for both.
@@ -30,5 +38,33 @@ fn every_domain_gets_its_held_out_loss_from_its_own_batches() {
             *targets > 0 && *targets <= 2 * rows_per_batch,
             "{domain}: {targets} targets from at most two batches of {rows_per_batch} slots"
         );
+        // The recipe routes with SeqTopK at K = 2: each document spends T·K pairs (plus the
+        // tokens rescued by the floor), unevenly: some tokens keep one expert, some get K + 2.
+        let mean = experts_per_token.unwrap();
+        assert!((2.0..2.5).contains(&mean), "{domain}: {mean} experts/token");
+        let (floor, cap) = (at_floor.unwrap(), at_cap.unwrap());
+        assert!(
+            floor > 0.0 && cap > 0.0 && floor + cap < 1.0,
+            "{domain}: {floor} {cap}"
+        );
     }
+}
+
+#[test]
+fn topk_gives_every_held_out_token_exactly_k_experts() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let samples = format!("{root}/data/samples");
+    let overrides = vec![
+        format!("data.tokenizer=\"{samples}/tokenizers/olmoe/tokenizer.json\""),
+        format!(
+            "data.sources=[{{path=\"{samples}/math/math_train.jsonl\", format=\"prompt_completion\", \
+             domain=\"math\"}}]"
+        ),
+        "router.mode=\"topk\"".into(),
+        "train.eval_batches=1".into(),
+    ];
+    let recipe = Recipe::parse(DEFAULT_RECIPE, "default", &overrides).unwrap();
+    let eval = Trainer::new(recipe).unwrap().evaluate().unwrap();
+    assert_eq!(eval.len(), 1);
+    assert_eq!(eval[0].experts_per_token, Some(2.0));
 }

@@ -117,7 +117,7 @@ fn half_precision_trains_close_to_f32_where_the_device_supports_it() {
                 "{backend} {precision}: master weights are not all f32"
             );
             let eval = trainer.evaluate().unwrap();
-            assert!(eval.iter().all(|(_, loss, _)| loss.is_finite()), "{eval:?}");
+            assert!(eval.iter().all(|d| d.loss.is_finite()), "{eval:?}");
             eprintln!(
                 "{backend} {precision}: losses {:?} vs f32 cpu {reference:?}",
                 metrics.iter().map(|m| m.lm_loss).collect::<Vec<_>>()
