@@ -12,10 +12,10 @@ mod train;
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc keeps freed pages for reuse: with glibc's malloc every step's large temporaries are
-/// unmapped when freed and faulted in (zeroed) again on the next step.
+/// mimalloc, keeping freed memory for reuse: otherwise every step's large temporaries are given
+/// back to the OS when freed and faulted in (zeroed) again on the next step.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: seqtopk_alloc::MiMalloc = seqtopk_alloc::MiMalloc;
 
 /// Command line of the `seqtopk` binary.
 #[derive(Debug, Parser)]
@@ -43,6 +43,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    seqtopk_alloc::keep_freed_memory();
     let cli = Cli::parse();
     common::init_logging(&cli.log);
     let result = match cli.command {

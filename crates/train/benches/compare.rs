@@ -47,7 +47,7 @@ use serde_json::{Value, json};
 // What users get: the `seqtopk` binary uses the same allocator.
 #[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: seqtopk_alloc::MiMalloc = seqtopk_alloc::MiMalloc;
 
 const CASE_ENV: &str = "SEQTOPK_COMPARE_CASE";
 /// Threads for both sides (the project's machines have 2 cores).
@@ -57,6 +57,8 @@ const AUX_COEF: f64 = 0.01;
 const TORCH_CAP_S: f64 = 60.0;
 
 fn main() -> Result<()> {
+    #[cfg(not(feature = "system-allocator"))]
+    seqtopk_alloc::keep_freed_memory();
     let quick = std::env::args().any(|a| a == "--quick");
     std::env::set_current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))?;
     if let Ok(spec) = std::env::var(CASE_ENV) {

@@ -22,11 +22,13 @@ use seqtopk_train::{DEFAULT_RECIPE, Precision, Recipe, Trainer};
 
 #[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: seqtopk_alloc::MiMalloc = seqtopk_alloc::MiMalloc;
 
 const CASE_ENV: &str = "SEQTOPK_BENCH_CASE";
 
 fn main() {
+    #[cfg(not(feature = "system-allocator"))]
+    seqtopk_alloc::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     let backend = args
