@@ -37,6 +37,8 @@ SWAP_MODES = ["topk", "seqtopk", "online_seqtopk", "online_seqtopk:strict", "bat
 SWAP_KS = [4, 2, 1]
 SPARSIFY_KS = [2, 1]
 ROUTERS = ["topk", "seqtopk"]
+# LAMBADA items scored per model (of 5,153): last-word log-likelihood, as a zero-shot task.
+LAMBADA_LIMIT = 1000
 
 
 def log(msg: str) -> None:
@@ -110,6 +112,22 @@ class Study:
         tmp.replace(path)
         return report
 
+    def lambada(self, model: Path, name: str, mode: str, k: int) -> None:
+        """LAMBADA (first LAMBADA_LIMIT items) under router `mode` at `k`: lambada/<name>.json."""
+        path = self.out / "lambada" / f"{name}.json"
+        if path.exists():
+            return
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_suffix(".tmp.json")
+        tmp.unlink(missing_ok=True)
+        self.seqtopk(
+            ["eval", "--checkpoint", str(model), "--data-dir", "data", "--tasks", "lambada",
+             "--limit", str(LAMBADA_LIMIT), "--router", mode, "--k", str(k), "--no-items",
+             "--out", str(tmp)],
+            f"lambada-{name}",
+        )
+        tmp.replace(path)
+
     def prepare(self) -> None:
         if not (ROOT / "data" / "math" / "math_train.jsonl").exists():
             log("fetching the corpora")
@@ -145,6 +163,13 @@ class Study:
                     self.evaluate(final, f"{run}-seed{seed}", r, k)
                     if r == "seqtopk":
                         self.evaluate(final, f"{run}-seed{seed}-online", "online_seqtopk", k)
+        # LAMBADA for regime 1, last: the held-out tables do not wait for it.
+        for seed in self.seeds:
+            for r in ROUTERS:
+                final = self.run_dir(f"scratch-{r}-k4", seed) / "final"
+                self.lambada(final, f"scratch-{r}-k4-seed{seed}", r, 4)
+            self.lambada(self.run_dir("scratch-seqtopk-k4", seed) / "final",
+                         f"scratch-seqtopk-k4-seed{seed}-online", "online_seqtopk", 4)
 
 
 def main() -> None:

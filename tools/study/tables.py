@@ -149,6 +149,36 @@ def swap_table(ev: Evals, modes: list[str], ks: list[int]) -> str:
     return "\n".join(rows)
 
 
+def lambada_table(out: Path, seeds: list[int]) -> str:
+    """LAMBADA accuracy and last-word NLL of the regime-1 models, with the paired NLL difference."""
+
+    def figures(name: str) -> tuple[list[float], list[float]]:
+        acc, nll = [], []
+        for seed in seeds:
+            path = out / "lambada" / f"{name}-seed{seed}.json"
+            if not path.exists():
+                raise SystemExit(f"[study] missing {path}: run the study first")
+            [task] = json.loads(path.read_text())["results"]
+            acc.append(100 * task["score"])
+            nll.append(math.log(task["extra"]["perplexity_last_word"]))
+        return acc, nll
+
+    rows = [
+        "| model, router | accuracy (%) | last-word NLL (nats) | NLL − TopK's (paired) |",
+        "|---|---:|---:|---:|",
+    ]
+    _, base = figures("scratch-topk-k4")
+    for label, name in [
+        ("TopK-trained, topk", "scratch-topk-k4"),
+        ("SeqTopK-trained, seqtopk", "scratch-seqtopk-k4"),
+        ("SeqTopK-trained, online_seqtopk", "scratch-seqtopk-k4-online"),
+    ]:
+        acc, nll = figures(name)
+        d = "" if name == "scratch-topk-k4" else signed([a - b for a, b in zip(nll, base)])
+        rows.append(f"| {label} | {fmt(acc, 1)} | {fmt(nll, 3)} | {d} |")
+    return "\n".join(rows)
+
+
 def plots(out: Path, doc_dir: Path) -> str:
     """Held-out loss curves (PNG) from the event files, drawn by plot.py in its own venv."""
     venv = HERE / ".venv" / "bin" / "python"
@@ -184,6 +214,7 @@ def write_doc(out: Path, seeds: list[int], doc: Path) -> None:
              ("SeqTopK-trained, online_seqtopk", "scratch-seqtopk-k4-online")],
         ),
         "plots": plots(out, doc.parent),
+        "lambada_table": lambada_table(out, seeds),
         "swap_table": swap_table(ev, ["topk", "seqtopk", "online_seqtopk",
                                       "online_seqtopk:strict", "batch_topk"], [4, 2, 1]),
         "swap_routing": routing_table(
