@@ -8,7 +8,7 @@ use burn::module::Param;
 use burn::nn::Linear;
 use burn::tensor::Tensor;
 use safetensors::tensor::TensorView;
-use seqtopk_model::{Family, Ffn, MoeTransformer, SwiGlu};
+use seqtopk_model::{Family, Ffn, MoeTransformer, SwiGlu, transpose};
 use serde_json::Value;
 
 use crate::dtype::StorageDtype;
@@ -75,17 +75,6 @@ fn values<const D: usize>(
             key: what.to_string(),
             message: format!("reading the parameter back failed: {e:?}"),
         })
-}
-
-/// `[rows, cols]` row-major → `[cols, rows]`.
-pub(crate) fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0; values.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = values[r * cols + c];
-        }
-    }
-    out
 }
 
 /// A Burn `Linear` (`[in, out]`) as HF `{prefix}.weight` `[out, in]` (+ `{prefix}.bias`).

@@ -560,3 +560,28 @@ fn inspect_reports_the_checkpoint() {
     assert_eq!(r.format, "safetensors-file");
     assert_eq!(r.dtypes.keys().collect::<Vec<_>>(), vec!["BF16"]);
 }
+
+/// An HF directory written in f16 loads through the safetensors reader (the f16 → f32 path) and
+/// computes what the f32 model does, to f16's precision; byte-order or exponent mistakes would
+/// give logits far off.
+#[test]
+fn an_f16_hf_export_loads_back_close_to_the_f32_model() {
+    let device = Device::flex();
+    let root = scratch("f16-export");
+    let loaded = load(fixture("qwen2_moe-tiny"), &device).unwrap();
+    let out = root.join("hf-f16");
+    let options = ExportOptions {
+        dtype: StorageDtype::F16,
+        ..ExportOptions::default()
+    };
+    export_hf(&loaded.model, &loaded.hf_config, None, &out, &options).unwrap();
+    assert!(
+        raw_tensors(&out)
+            .values()
+            .all(|(dtype, _, _)| dtype == "F16"),
+        "every tensor stored as f16"
+    );
+    let half = seqtopk_model::load_checkpoint(&out, &device).unwrap();
+    let d = max_diff(&logits(&half, &device), &logits(&loaded.model, &device));
+    assert!(d > 0.0 && d < 0.05, "f16 vs f32 logits differ by {d}");
+}

@@ -39,4 +39,4 @@ pub use model::{
 pub use moe::{RouteCall, SparseMoe};
 pub use norm::RmsNorm;
 pub use objective::TargetNll;
-pub use weights::{Init, SeededInit, WeightSource};
+pub use weights::{Init, SeededInit, WeightSource, transpose};

@@ -157,11 +157,11 @@ impl SafetensorsSource {
                 .collect(),
             Dtype::BF16 => bytes
                 .chunks_exact(2)
-                .map(|c| f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16))
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
             Dtype::F16 => bytes
                 .chunks_exact(2)
-                .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
             other => {
                 return Err(LoadError::UnsupportedDtype {
@@ -205,29 +205,6 @@ impl WeightSource for SafetensorsSource {
         let shard = &self.shards[*self.index.get(key)?];
         shard.metadata.info(key).map(|i| i.shape.clone())
     }
-}
-
-/// IEEE half → f32 (subnormals, infinities and NaN included).
-fn f16_to_f32(h: u16) -> f32 {
-    let sign = u32::from(h >> 15) << 31;
-    let exp = u32::from((h >> 10) & 0x1f);
-    let mant = u32::from(h & 0x3ff);
-    let bits = match (exp, mant) {
-        (0, 0) => sign,
-        (0, m) => {
-            // Subnormal: renormalise.
-            let mut e: i32 = 127 - 15 + 1;
-            let mut m = m;
-            while m & 0x400 == 0 {
-                m <<= 1;
-                e -= 1;
-            }
-            sign | ((e as u32) << 23) | ((m & 0x3ff) << 13)
-        }
-        (0x1f, m) => sign | 0x7f80_0000 | (m << 13),
-        (e, m) => sign | ((e + 127 - 15) << 23) | (m << 13),
-    };
-    f32::from_bits(bits)
 }
 
 /// The routed experts of the MoE block at `mp` (`model.layers.L.mlp` or `.block_sparse_moe`), from
@@ -319,18 +296,5 @@ pub fn load_checkpoint(
 impl From<seqtopk_router::RoutingError> for LoadError {
     fn from(e: seqtopk_router::RoutingError) -> Self {
         LoadError::Model(ModelError::Routing(e))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn f16_conversion() {
-        assert_eq!(f16_to_f32(0x3c00), 1.0);
-        assert_eq!(f16_to_f32(0xc000), -2.0);
-        assert_eq!(f16_to_f32(0x0001), 2f32.powi(-24));
-        assert!(f16_to_f32(0x7c00).is_infinite());
     }
 }
