@@ -99,7 +99,13 @@ pub fn apply_router(model: &mut MoeTransformer, args: &RouterArgs) -> Result<Val
             .set_routing(&config)
             .context("applying the router options")?;
     }
-    Ok(match model.router() {
+    Ok(describe_routing(model))
+}
+
+/// The routing `model` runs with, as JSON (`null` for a dense model): what every command that
+/// reports a score prints beside it.
+pub fn describe_routing(model: &MoeTransformer) -> Value {
+    match model.router() {
         None => Value::Null,
         Some(r) => {
             let c = r.config();
@@ -114,7 +120,7 @@ pub fn apply_router(model: &mut MoeTransformer, args: &RouterArgs) -> Result<Val
                 "causal": is_causal(c.mode),
             })
         }
-    })
+    }
 }
 
 /// Whether a whole-sequence pass under `mode` routes each token from itself and the tokens

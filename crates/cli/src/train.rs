@@ -134,18 +134,7 @@ fn eval_only(trainer: &mut Trainer, recipe: &Recipe, origin: &str, args: &TrainA
     let (sum, tokens) = domains.iter().fold((0.0, 0usize), |(s, n), d| {
         (s + d.loss * d.tokens as f64, n + d.tokens)
     });
-    let router = trainer.model().router().map(|r| {
-        let c = r.config();
-        serde_json::json!({
-            "mode": c.mode.name(),
-            "top_k": c.top_k,
-            "floor": c.floor,
-            "cap": c.cap,
-            "online_budget": (c.mode == seqtopk_router::RoutingMode::OnlineSeqtopk)
-                .then(|| c.online_budget.name()),
-            "causal": crate::eval_loss::is_causal(c.mode),
-        })
-    });
+    let router = crate::eval_loss::describe_routing(trainer.model());
     let report = serde_json::json!({
         "recipe": origin,
         "checkpoint": recipe.model.checkpoint,

@@ -2,20 +2,30 @@
 
 use seqtopk_train::{DEFAULT_RECIPE, Recipe, Trainer};
 
-#[test]
-fn every_domain_gets_its_held_out_loss_from_its_own_batches() {
+/// The default recipe on the committed samples, math alone or math and writing, one validation
+/// batch per domain, plus `extra` overrides.
+fn sample_recipe(with_writing: bool, extra: &[&str]) -> Recipe {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     let samples = format!("{root}/data/samples");
-    let overrides = vec![
+    let math = format!(
+        "{{path=\"{samples}/math/math_train.jsonl\", format=\"prompt_completion\", domain=\"math\"}}"
+    );
+    let writing = format!(
+        ", {{path=\"{samples}/writing/austen.jsonl\", format=\"text_jsonl\", domain=\"writing\"}}"
+    );
+    let sources = if with_writing { writing } else { String::new() };
+    let mut overrides = vec![
         format!("data.tokenizer=\"{samples}/tokenizers/olmoe/tokenizer.json\""),
-        format!(
-            "data.sources=[{{path=\"{samples}/math/math_train.jsonl\", format=\"prompt_completion\", \
-             domain=\"math\"}}, {{path=\"{samples}/writing/austen.jsonl\", format=\"text_jsonl\", \
-             domain=\"writing\"}}]"
-        ),
+        format!("data.sources=[{math}{sources}]"),
         "train.eval_batches=1".into(),
     ];
-    let recipe = Recipe::parse(DEFAULT_RECIPE, "default", &overrides).unwrap();
+    overrides.extend(extra.iter().map(|e| e.to_string()));
+    Recipe::parse(DEFAULT_RECIPE, "default", &overrides).unwrap()
+}
+
+#[test]
+fn every_domain_gets_its_held_out_loss_from_its_own_batches() {
+    let recipe = sample_recipe(true, &[]);
     let rows_per_batch = recipe.batch.micro_batch_size * recipe.data.seq_len;
     let trainer = Trainer::new(recipe).unwrap();
     let eval = trainer.evaluate().unwrap();
@@ -52,18 +62,7 @@ fn every_domain_gets_its_held_out_loss_from_its_own_batches() {
 
 #[test]
 fn topk_gives_every_held_out_token_exactly_k_experts() {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
-    let samples = format!("{root}/data/samples");
-    let overrides = vec![
-        format!("data.tokenizer=\"{samples}/tokenizers/olmoe/tokenizer.json\""),
-        format!(
-            "data.sources=[{{path=\"{samples}/math/math_train.jsonl\", format=\"prompt_completion\", \
-             domain=\"math\"}}]"
-        ),
-        "router.mode=\"topk\"".into(),
-        "train.eval_batches=1".into(),
-    ];
-    let recipe = Recipe::parse(DEFAULT_RECIPE, "default", &overrides).unwrap();
+    let recipe = sample_recipe(false, &["router.mode=\"topk\""]);
     let eval = Trainer::new(recipe).unwrap().evaluate().unwrap();
     assert_eq!(eval.len(), 1);
     assert_eq!(eval[0].experts_per_token, Some(2.0));
