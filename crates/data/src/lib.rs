@@ -30,7 +30,8 @@ pub mod bpe;
 pub mod config;
 pub mod error;
 pub mod pipeline;
-pub mod rng;
+/// Randomness and hashing, from their one home (the `seqtopk-rng` crate).
+pub use seqtopk_rng as rng;
 pub mod source;
 pub mod template;
 pub mod tokenize;

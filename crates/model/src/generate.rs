@@ -12,6 +12,7 @@
 //! `s` gives what `a` alone with seed `s` and `b` alone with seed `s + 1` give.
 
 use burn::tensor::{Device, Tensor};
+use seqtopk_rng::SplitMix64;
 use seqtopk_router::TokenLayout;
 
 use crate::ModelError;
@@ -142,7 +143,7 @@ pub struct Generator<'m> {
     config: GenerationConfig,
     device: Device,
     state: DecodeState,
-    rngs: Vec<SampleRng>,
+    rngs: Vec<SplitMix64>,
     /// The token each unfinished row takes at the next step.
     pending: Vec<u32>,
     generated: Vec<Vec<u32>>,
@@ -221,7 +222,7 @@ impl MoeTransformer {
             device: device.clone(),
             state: self.new_decode_state(b),
             rngs: (0..b as u64)
-                .map(|i| SampleRng::new(config.seed.wrapping_add(i)))
+                .map(|i| SplitMix64::new(config.seed.wrapping_add(i)))
                 .collect(),
             pending: vec![0; b],
             generated: vec![Vec::with_capacity(config.max_new_tokens); b],
@@ -448,32 +449,6 @@ pub fn sample_token(logits: &[f32], temperature: f64, top_p: f64, u: f64) -> u32
     nucleus[kept - 1].1
 }
 
-/// SplitMix64: a tiny, fixed-definition generator, so a seed means the same tokens on every
-/// platform and dependency version.
-#[derive(Debug, Clone)]
-struct SampleRng {
-    state: u64,
-}
-
-impl SampleRng {
-    fn new(seed: u64) -> Self {
-        Self { state: seed }
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)` with 53 random bits.
-    fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -505,18 +480,5 @@ mod tests {
         assert_eq!(sample_token(&logits, 0.05, 1.0, 0.99), 0);
         assert_eq!(sample_token(&logits, 100.0, 1.0, 0.26), 1);
         assert_eq!(sample_token(&logits, 100.0, 1.0, 0.99), 3);
-    }
-
-    #[test]
-    fn rng_is_a_fixed_sequence_in_unit_interval() {
-        let mut a = SampleRng::new(42);
-        let mut b = SampleRng::new(42);
-        let xs: Vec<f64> = (0..1000).map(|_| a.next_f64()).collect();
-        assert!(xs.iter().all(|&x| (0.0..1.0).contains(&x)));
-        assert_eq!(xs, (0..1000).map(|_| b.next_f64()).collect::<Vec<_>>());
-        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
-        assert!((mean - 0.5).abs() < 0.05, "mean {mean}");
-        // The published SplitMix64 value for seed 0.
-        assert_eq!(SampleRng::new(0).next_u64(), 0xE220_A839_7B1D_CDAF);
     }
 }

@@ -3,6 +3,8 @@
 //! Every tensor is asked for by its HF key and HF shape (`[out, in]` for projections), so one
 //! builder serves loading and fresh initialisation, and shape errors name the HF key.
 
+use seqtopk_rng::SplitMix64;
+
 use crate::LoadError;
 
 /// How a parameter is initialised when no checkpoint provides it.
@@ -30,25 +32,20 @@ pub trait WeightSource {
 /// training from scratch.
 #[derive(Debug, Clone)]
 pub struct SeededInit {
-    state: u64,
+    rng: SplitMix64,
 }
 
 impl SeededInit {
     /// A source seeded with `seed`.
     pub fn new(seed: u64) -> Self {
-        Self { state: seed }
+        Self {
+            rng: SplitMix64::new(seed),
+        }
     }
 
-    fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
+    /// Uniform in `(0, 1)`: the half-step offset keeps Box–Muller's `ln` finite.
     fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+        ((self.rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
     }
 
     /// One standard normal draw.

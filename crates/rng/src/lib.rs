@@ -1,8 +1,9 @@
 //! Small, platform-stable randomness and hashing.
 //!
-//! The pipeline's position must be saved and restored exactly, and the validation split must be the
-//! same on every machine and Rust version. `std`'s `DefaultHasher` is explicitly unstable across
-//! releases and `rand`'s generators carry state that is awkward to serialise, so the pipeline uses
+//! The data pipeline's position must be saved and restored exactly, the validation split must be
+//! the same on every machine and Rust version, and a seed must give the same initial weights and
+//! sampled tokens everywhere. `std`'s `DefaultHasher` is explicitly unstable across
+//! releases and `rand`'s generators carry state that is awkward to serialise, so seqtopk uses
 //! SplitMix64 (state = one `u64`) and FNV-1a, both fully specified here.
 
 /// SplitMix64 generator: its whole state is one `u64`, which makes resume trivially exact.
@@ -97,5 +98,18 @@ mod tests {
     fn fnv_reference_value() {
         assert_eq!(fnv1a(b""), 0xCBF2_9CE4_8422_2325);
         assert_eq!(fnv1a(b"a"), 0xAF63_DC4C_8601_EC8C);
+    }
+
+    #[test]
+    fn next_f64_is_a_fixed_sequence_in_the_unit_interval() {
+        let mut a = SplitMix64::new(42);
+        let mut b = SplitMix64::new(42);
+        let xs: Vec<f64> = (0..1000).map(|_| a.next_f64()).collect();
+        assert!(xs.iter().all(|&x| (0.0..1.0).contains(&x)));
+        assert_eq!(xs, (0..1000).map(|_| b.next_f64()).collect::<Vec<_>>());
+        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+        assert!((mean - 0.5).abs() < 0.05, "mean {mean}");
+        // The published SplitMix64 value for seed 0.
+        assert_eq!(SplitMix64::new(0).next_u64(), 0xE220_A839_7B1D_CDAF);
     }
 }
