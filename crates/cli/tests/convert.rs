@@ -1,48 +1,15 @@
 //! `seqtopk convert` end to end through the binary: import, export, upcycle, inspect, compare,
 //! and the refusals users meet (existing output, quantised source, truncated file).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod support;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../checkpoints/fixtures")
-        .join(name)
-}
+use std::path::Path;
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-convert-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use support::{failure, fixture, ok_json, scratch, seqtopk};
 
-fn seqtopk(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_seqtopk"))
-        .args(args)
-        .output()
-        .expect("running seqtopk")
-}
-
-fn ok_json(args: &[&str]) -> serde_json::Value {
-    let out = seqtopk(args);
-    assert!(
-        out.status.success(),
-        "seqtopk {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout of {args:?} is not JSON ({e}):\n{}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
-
+/// Runs `seqtopk args…`, which must fail with an error that names every one of `needles`.
 fn fails_with(args: &[&str], needles: &[&str]) {
-    let out = seqtopk(args);
-    assert!(!out.status.success(), "seqtopk {args:?} should fail");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = failure(&seqtopk(args));
     for n in needles {
         assert!(err.contains(n), "stderr of {args:?} lacks {n:?}:\n{err}");
     }
@@ -58,7 +25,14 @@ fn import_export_compare_inspect() {
     let root = scratch("roundtrip");
     let src = fixture("qwen2_moe-tiny-sharded");
     let native = root.join("native");
-    let r = ok_json(&["convert", "import", "--hf", s(&src), "--out", s(&native)]);
+    let r = ok_json(&seqtopk(&[
+        "convert",
+        "import",
+        "--hf",
+        s(&src),
+        "--out",
+        s(&native),
+    ]));
     assert_eq!(r["family"], "qwen2_moe");
     assert_eq!(r["dtype"], "f32");
     assert!(native.join("manifest.json").is_file());
@@ -68,7 +42,7 @@ fn import_export_compare_inspect() {
         &["convert", "import", "--hf", s(&src), "--out", s(&native)],
         &["already exists", "--force"],
     );
-    let r = ok_json(&[
+    let r = ok_json(&seqtopk(&[
         "convert",
         "import",
         "--hf",
@@ -78,7 +52,7 @@ fn import_export_compare_inspect() {
         "--dtype",
         "bf16",
         "--force",
-    ]);
+    ]));
     assert_eq!(r["dtype"], "bf16");
 
     let out = seqtopk(&["convert", "inspect", s(&native), "--verify"]);
@@ -91,18 +65,18 @@ fn import_export_compare_inspect() {
     for needle in ["native", "qwen2_moe", "5 routed, top-2", "bf16", "verified"] {
         assert!(text.contains(needle), "inspect lacks {needle:?}:\n{text}");
     }
-    let r = ok_json(&["convert", "inspect", s(&src), "--json"]);
+    let r = ok_json(&seqtopk(&["convert", "inspect", s(&src), "--json"]));
     assert_eq!(r["model"]["experts"]["num_experts"], 5);
     assert_eq!(r["tensors"].as_array().unwrap().len(), 73);
 
     // bf16 storage: logits differ from the f32 source but stay finite (a rounded router weight
     // can flip an expert choice of this tiny random model, so the bound is loose).
-    let r = ok_json(&["convert", "compare", s(&src), s(&native)]);
+    let r = ok_json(&seqtopk(&["convert", "compare", s(&src), s(&native)]));
     let d = r["max_abs_diff"].as_f64().unwrap();
     assert!(d > 0.0 && d < 10.0, "bf16 vs f32 diff {d}");
 
     let hf = root.join("hf");
-    let r = ok_json(&[
+    let r = ok_json(&seqtopk(&[
         "convert",
         "export",
         "--checkpoint",
@@ -110,9 +84,9 @@ fn import_export_compare_inspect() {
         "--hf-out",
         s(&hf),
         "--fused",
-    ]);
+    ]));
     assert_eq!(r["layout"], "fused");
-    let r = ok_json(&[
+    let r = ok_json(&seqtopk(&[
         "convert",
         "compare",
         s(&native),
@@ -121,7 +95,7 @@ fn import_export_compare_inspect() {
         "hello",
         "--max-diff",
         "0",
-    ]);
+    ]));
     assert_eq!(r["max_abs_diff"], 0.0);
     assert_eq!(r["argmax_agreement"], 1.0);
     fails_with(
@@ -138,7 +112,7 @@ fn upcycle_llama_fixture() {
     let dense = fixture("llama-tiny");
     let out = root.join("moe");
     let hf = root.join("moe-hf");
-    let r = ok_json(&[
+    let r = ok_json(&seqtopk(&[
         "convert",
         "upcycle",
         "--hf",
@@ -151,21 +125,21 @@ fn upcycle_llama_fixture() {
         s(&out),
         "--hf-out",
         s(&hf),
-    ]);
+    ]));
     assert_eq!(r["experts"], 4);
     assert!(r["parameter_count"].as_u64().unwrap() > r["dense_parameter_count"].as_u64().unwrap());
-    let report = ok_json(&["convert", "inspect", s(&hf), "--json"]);
+    let report = ok_json(&seqtopk(&["convert", "inspect", s(&hf), "--json"]));
     assert_eq!(report["model"]["family"], "mixtral");
     assert_eq!(report["model"]["experts"]["top_k"], 2);
     for moe in [&out, &hf] {
-        let r = ok_json(&[
+        let r = ok_json(&seqtopk(&[
             "convert",
             "compare",
             s(&dense),
             s(moe),
             "--max-diff",
             "1e-4",
-        ]);
+        ]));
         assert_eq!(r["argmax_agreement"], 1.0);
     }
     fails_with(
@@ -232,14 +206,14 @@ fn exported_files_share_one_mode() {
     use std::os::unix::fs::PermissionsExt;
     let root = scratch("modes");
     let hf = root.join("hf");
-    ok_json(&[
+    ok_json(&seqtopk(&[
         "convert",
         "export",
         "--checkpoint",
         s(&fixture("olmoe-tiny")),
         "--hf-out",
         s(&hf),
-    ]);
+    ]));
     let plain = root.join("plain");
     std::fs::write(&plain, "").unwrap();
     let want = std::fs::metadata(&plain).unwrap().permissions().mode() & 0o777;

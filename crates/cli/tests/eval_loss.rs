@@ -2,56 +2,13 @@
 //! committed fixtures, router overrides, batching, and failure modes.
 #![allow(missing_docs)]
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use safetensors::SafeTensors;
 use serde_json::Value;
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../checkpoints/fixtures")
-        .join(name)
-}
-
-fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("seqtopk-evalloss-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn seqtopk(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_seqtopk"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run seqtopk")
-}
-
-fn ok_json(out: &Output) -> Value {
-    assert!(
-        out.status.success(),
-        "seqtopk failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("stdout is one JSON object")
-}
-
-fn failure(out: &Output) -> String {
-    assert!(!out.status.success(), "expected a failure");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn i64s(st: &SafeTensors, key: &str) -> (Vec<usize>, Vec<i64>) {
-    let t = st.tensor(key).unwrap();
-    let v = t
-        .data()
-        .chunks_exact(8)
-        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-        .collect();
-    (t.shape().to_vec(), v)
-}
+use support::{failure, fixture, i64s, ok_json, scratch, seqtopk};
 
 fn f32s(st: &SafeTensors, key: &str) -> (Vec<usize>, Vec<f32>) {
     let t = st.tensor(key).unwrap();

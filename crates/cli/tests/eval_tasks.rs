@@ -1,22 +1,21 @@
 //! `seqtopk eval --tasks …` end to end on a tiny checkpoint: the OLMoE fixture (vocab 256) plus a
 //! byte-level `tokenizer.json` written at test time, on the committed data samples.
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::Output;
 
 use serde_json::Value;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use support::{fixture, repo_root};
 
 /// A checkpoint directory: the fixture's config and weights, and a byte-level tokenizer.
 fn tiny_checkpoint(dir: &Path, with_tokenizer: bool) -> PathBuf {
     let ck = dir.join("ck");
     std::fs::create_dir_all(&ck).unwrap();
-    let fixture = repo().join("checkpoints/fixtures/olmoe-tiny");
+    let src = fixture("olmoe-tiny");
     for f in ["config.json", "model.safetensors", "generation_config.json"] {
-        std::fs::copy(fixture.join(f), ck.join(f)).unwrap();
+        std::fs::copy(src.join(f), ck.join(f)).unwrap();
     }
     if with_tokenizer {
         std::fs::write(
@@ -28,14 +27,11 @@ fn tiny_checkpoint(dir: &Path, with_tokenizer: bool) -> PathBuf {
     ck
 }
 
-fn seqtopk(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_seqtopk"))
-        .args(args)
-        .arg("--data-dir")
-        .arg(repo().join("data/samples"))
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
+/// Runs `seqtopk args… --data-dir data/samples` (the committed task samples); see
+/// [`support::seqtopk`].
+fn seqtopk(args: &[&str]) -> Output {
+    let data = repo_root().join("data/samples");
+    support::seqtopk(&[args, &["--data-dir", data.to_str().unwrap()]].concat())
 }
 
 fn check_result(r: &Value, n: u64) {
@@ -323,18 +319,17 @@ fn bad_invocations_fail_clearly() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
     // A data directory without the task's file names the file and the option.
-    let o = Command::new(env!("CARGO_BIN_EXE_seqtopk"))
-        .args([
-            "eval",
-            "--checkpoint",
-            ck.to_str().unwrap(),
-            "--tasks",
-            "gsm8k",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let o = support::command([
+        "eval",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--tasks",
+        "gsm8k",
+    ])
+    .arg("--data-dir")
+    .arg(dir.path())
+    .output()
+    .unwrap();
     assert!(!o.status.success());
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(

@@ -2,34 +2,20 @@
 //! with a tokenizer, seeded sampling independent of batching, stop ids and stop texts, failures.
 #![allow(missing_docs)]
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use burn::tensor::Device;
 use safetensors::SafeTensors;
 use seqtopk_model::{GenerationConfig, load_checkpoint};
 use serde_json::Value;
+use support::{failure, fixture, i64s, scratch};
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../checkpoints/fixtures")
-        .join(name)
-}
-
-fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("seqtopk-generate-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
+/// Runs `seqtopk generate args…` (see [`support::seqtopk`]).
 fn seqtopk(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_seqtopk"))
-        .arg("generate")
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run seqtopk")
+    support::seqtopk(&[&["generate"], args].concat())
 }
 
 fn lines(out: &Output) -> Vec<Value> {
@@ -43,11 +29,6 @@ fn lines(out: &Output) -> Vec<Value> {
         .lines()
         .map(|l| serde_json::from_str(l).expect("each line is JSON"))
         .collect()
-}
-
-fn failure(out: &Output) -> String {
-    assert!(!out.status.success(), "expected a failure");
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn ids(v: &Value) -> Vec<u32> {
@@ -106,18 +87,9 @@ fn input_ids_give_hf_greedy_continuations() {
     for name in ["mixtral-tiny", "qwen2_moe-tiny"] {
         let bytes = std::fs::read(fixture(name).join("golden.safetensors")).unwrap();
         let st = SafeTensors::deserialize(&bytes).unwrap();
-        let get = |k: &str| -> (Vec<usize>, Vec<i64>) {
-            let t = st.tensor(k).unwrap();
-            let v = t
-                .data()
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-                .collect();
-            (t.shape().to_vec(), v)
-        };
-        let (shape, prompt_ids) = get("gen_prompt_ids");
-        let (_, mask) = get("gen_attention_mask");
-        let (oshape, out) = get("gen_output_ids");
+        let (shape, prompt_ids) = i64s(&st, "gen_prompt_ids");
+        let (_, mask) = i64s(&st, "gen_attention_mask");
+        let (oshape, out) = i64s(&st, "gen_output_ids");
         let (b, t, to) = (shape[0], shape[1], oshape[1]);
         let rows: Vec<Vec<i64>> = (0..b)
             .map(|r| {

@@ -1,5 +1,7 @@
 //! End-to-end tests of `seqtopk train` through the binary, on the CPU backend.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -8,17 +10,7 @@ use burn::module::Module;
 use burn::store::{BurnpackStore, ModuleSnapshot};
 use burn::tensor::Device;
 use seqtopk_model::{MoeTransformer, MoeTransformerConfig};
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("seqtopk-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use support::{fixture, ok_json, repo_root, scratch, text};
 
 /// The tiny recipe shrunk further so each step takes a fraction of a second in debug builds.
 fn small_run(out: &Path, steps: u64, extra: &[&str]) -> Vec<String> {
@@ -50,24 +42,16 @@ fn small_run(out: &Path, steps: u64, extra: &[&str]) -> Vec<String> {
     args
 }
 
+/// `seqtopk args…` run from the repository root (recipes name their files relative to it), with
+/// `RUST_LOG=info`: some checks read the info-level lines (resumed, routing).
 fn seqtopk(args: &[String]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_seqtopk"));
-    cmd.current_dir(repo_root())
-        .args(args)
-        .env("RUST_LOG", "info");
+    let mut cmd = support::command(args);
+    cmd.current_dir(repo_root()).env("RUST_LOG", "info");
     cmd
 }
 
 fn run(args: &[String]) -> Output {
     seqtopk(args).output().expect("the binary runs")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// All parameters of a checkpoint's `model.bpk`, by path, as raw bytes.
@@ -701,7 +685,7 @@ fn dry_run_plans_a_recipe_this_machine_cannot_run_yet() {
     );
     // With the checkpoint's config.json alone, the parameters are counted from it.
     let out = scratch("plan");
-    let fixture = repo_root().join("checkpoints/fixtures/olmoe-tiny");
+    let fixture = fixture("olmoe-tiny");
     std::fs::copy(fixture.join("config.json"), out.join("config.json")).unwrap();
     let res = run(&[
         "train".into(),
@@ -748,11 +732,6 @@ fn a_missing_tokenizer_is_named_with_the_directory_it_was_looked_up_from() {
     std::fs::remove_dir_all(&elsewhere).unwrap();
 }
 
-fn json(out: &Output) -> serde_json::Value {
-    assert!(out.status.success(), "{}", text(out));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(out)))
-}
-
 #[test]
 fn eval_only_scores_the_checkpoint_as_training_did_and_under_another_router() {
     let out = scratch("eval-only");
@@ -768,7 +747,7 @@ fn eval_only_scores_the_checkpoint_as_training_did_and_under_another_router() {
     let mut args = small_run(&out, 3, &[]);
     args.push("--eval-only".into());
     args.push("--resume".into());
-    let report = json(&run(&args));
+    let report = ok_json(&run(&args));
     assert_eq!(report["checkpoint_step"], 3);
     assert_eq!(report["router"]["mode"], "seqtopk");
     assert_eq!(report["router"]["causal"], false);
@@ -787,7 +766,7 @@ fn eval_only_scores_the_checkpoint_as_training_did_and_under_another_router() {
 
     // Another router on the same checkpoint: TopK at K = 1 gives every token one expert.
     args.extend(["--set", "router.mode=\"topk\"", "--set", "router.top_k=1"].map(String::from));
-    let report = json(&run(&args));
+    let report = ok_json(&run(&args));
     let math = &report["domains"][0];
     assert_eq!(report["router"]["mode"], "topk");
     assert_eq!(math["experts_per_token"], 1.0);
@@ -842,7 +821,7 @@ fn a_tokenizer_trained_on_a_recipe_runs_that_recipe_from_scratch() {
     assert!(text(&res).contains("more than 258"), "{}", text(&res));
     assert!(!tokenizer.exists());
 
-    let report = json(&train_tokenizer("600"));
+    let report = ok_json(&train_tokenizer("600"));
     assert_eq!(report["vocab_size"], 600);
     assert_eq!(
         report["special_tokens"],
