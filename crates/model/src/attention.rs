@@ -33,6 +33,12 @@ impl LayerKvCache {
 /// Multi-head attention as HF Llama/OLMoE/Qwen/Mixtral compute it (eager path):
 /// `softmax(q·kᵀ/√d + mask)·v` with the softmax in f32 and masked scores set to `f32::MIN`, so a
 /// fully masked row (a left-padding query) averages uniformly instead of producing NaN.
+///
+/// When no query row is fully masked (see [`AttentionMask`]) the same probabilities come out of
+/// cheaper work: masked scores are `−∞` (whose `exp` is exactly 0 on the fast path, as `f32::MIN`
+/// minus the row maximum is after a slow underflow), and a long causal prefill runs in query
+/// blocks that each multiply only the keys up to their last query, skipping the upper triangle
+/// of `q·kᵀ` and of the softmax (about 3/8 of the attention's work at four blocks).
 #[derive(Module, Debug)]
 pub struct Attention {
     /// `[H, heads·d]`.
@@ -72,14 +78,14 @@ impl Attention {
     /// Attends `x` over the cached keys plus its own, appending its keys to `cache` when given.
     ///
     /// # Shapes
-    /// `x`: `[B, T, H]`; `cos`/`sin`: `[B, 1, T, d]`; `mask`: `[B, 1, T, T_past + T]`,
-    /// `true` = not attended. Returns `[B, T, H]`.
+    /// `x`: `[B, T, H]`; `cos`/`sin`: `[B, 1, T, d]`; `mask` covers `[B, 1, T, T_past + T]`.
+    /// Returns `[B, T, H]`.
     pub fn forward(
         &self,
         x: Tensor<3>,
         cos: &Tensor<4>,
         sin: &Tensor<4>,
-        mask: &Tensor<4, Bool>,
+        mask: &AttentionMask,
         cache: Option<&mut LayerKvCache>,
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
@@ -130,24 +136,57 @@ impl Attention {
         };
         let k = repeat_kv(k, nh / nkv);
         let v = repeat_kv(v, nh / nkv);
-        let dtype = q.dtype();
-        let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (d as f64).sqrt());
-        let scores = if dtype == DType::F32 || dtype == DType::F64 {
-            scores
+        let blocks = mask.query_blocks(t);
+        let out = if blocks.len() == 1 {
+            attend(q, k, v, mask.fill(), &mask.masked)
         } else {
-            scores.cast(DType::F32)
+            let parts = blocks
+                .into_iter()
+                .map(|(start, len)| {
+                    // Keys past the block's last query are masked for all of its queries.
+                    let keys = start + len;
+                    attend(
+                        q.clone().narrow(2, start, len),
+                        k.clone().narrow(2, 0, keys),
+                        v.clone().narrow(2, 0, keys),
+                        mask.fill(),
+                        &mask.masked.clone().narrow(2, start, len).narrow(3, 0, keys),
+                    )
+                })
+                .collect();
+            Tensor::cat(parts, 2)
         };
-        let [_, _, tq, tk] = scores.dims();
-        let scores = scores.mask_fill(mask.clone().expand([b, nh, tq, tk]), f32::MIN);
-        let probs = softmax(scores, 3);
-        let probs = if probs.dtype() == dtype {
-            probs
-        } else {
-            probs.cast(dtype)
-        };
-        let out = probs.matmul(v).swap_dims(1, 2).reshape([b, t, nh * d]);
+        let out = out.swap_dims(1, 2).reshape([b, t, nh * d]);
         self.o_proj.forward(out)
     }
+}
+
+/// `softmax(q·kᵀ/√d, masked → fill)·v` for `q` `[B, heads, T_q, d]`, `k`/`v` `[B, heads, T_k, d]`
+/// and `masked` `[B, 1, T_q, T_k]`; the softmax runs in f32.
+fn attend(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    fill: f32,
+    masked: &Tensor<4, Bool>,
+) -> Tensor<4> {
+    let [b, nh, _, d] = q.dims();
+    let dtype = q.dtype();
+    let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (d as f64).sqrt());
+    let scores = if dtype == DType::F32 || dtype == DType::F64 {
+        scores
+    } else {
+        scores.cast(DType::F32)
+    };
+    let [_, _, tq, tk] = scores.dims();
+    let scores = scores.mask_fill(masked.clone().expand([b, nh, tq, tk]), fill);
+    let probs = softmax(scores, 3);
+    let probs = if probs.dtype() == dtype {
+        probs
+    } else {
+        probs.cast(dtype)
+    };
+    probs.matmul(v)
 }
 
 /// GQA: key/value head `j` serves query heads `j·g .. (j+1)·g` (HF `repeat_kv`).
@@ -159,6 +198,54 @@ fn repeat_kv(x: Tensor<4>, groups: usize) -> Tensor<4> {
     x.unsqueeze_dim::<5>(2)
         .expand([b, h, groups, t, d])
         .reshape([b, h * groups, t, d])
+}
+
+/// Which keys each query may not attend, and what that allows the attention to skip.
+#[derive(Debug, Clone)]
+pub struct AttentionMask {
+    /// `[B, 1, T_q, T_k]`, `true` = not attended.
+    pub masked: Tensor<4, Bool>,
+    /// Whether every query attends at least one key (no left-padding query with nothing before
+    /// it): then no row needs HF's uniform average over `f32::MIN` scores.
+    pub every_query_sees_a_key: bool,
+    /// Cached positions before the queries (`T_k = past + T_q`).
+    pub past: usize,
+}
+
+/// Query rows per causal block: below this, splitting the prefill saves less than the extra
+/// operations cost (and decoding, one row at a time, never splits).
+const MIN_QUERY_BLOCK: usize = 128;
+
+/// Most causal blocks of one prefill: the operation count stays bounded, and four blocks already
+/// skip 3/8 of the attention (eight would skip 7/16).
+const MAX_QUERY_BLOCKS: usize = 4;
+
+impl AttentionMask {
+    /// The score masked keys get: `−∞` when every row keeps a key (its `exp` is 0 on the fast
+    /// path), else `f32::MIN` as HF (a fully masked row then averages uniformly, not NaN).
+    fn fill(&self) -> f32 {
+        if self.every_query_sees_a_key {
+            f32::NEG_INFINITY
+        } else {
+            f32::MIN
+        }
+    }
+
+    /// `(first query, queries)` of the causal blocks `t` queries run in: one block unless the
+    /// queries start the sequence (no cache), every row keeps a key, and each block would hold at
+    /// least [`MIN_QUERY_BLOCK`] queries.
+    pub fn query_blocks(&self, t: usize) -> Vec<(usize, usize)> {
+        let n = if self.past == 0 && self.every_query_sees_a_key {
+            (t / MIN_QUERY_BLOCK).clamp(1, MAX_QUERY_BLOCKS)
+        } else {
+            1
+        };
+        let len = t.div_ceil(n);
+        (0..t)
+            .step_by(len.max(1))
+            .map(|start| (start, len.min(t - start)))
+            .collect()
+    }
 }
 
 /// The attention mask `[B, 1, T_q, T_k]` (`true` = masked): a query at absolute position
@@ -174,7 +261,7 @@ pub fn attention_mask(
     batch: usize,
     past: usize,
     device: &Device,
-) -> Tensor<4, Bool> {
+) -> AttentionMask {
     let tk = key_valid.len() / batch.max(1);
     let tq = query_doc.len() / batch.max(1);
     let causal = Tensor::<2, Bool>::tril_mask([tq, tk], past as i64, device)
@@ -200,7 +287,38 @@ pub fn attention_mask(
         .reshape([batch, 1, tq, 1])
         .expand([batch, 1, tq, tk]);
     let other_doc = kd.not_equal(qd);
-    causal.bool_or(key_pad).bool_or(other_doc)
+    AttentionMask {
+        masked: causal.bool_or(key_pad).bool_or(other_doc),
+        every_query_sees_a_key: every_query_sees_a_key(key_valid, key_doc, query_doc, batch, past),
+        past,
+    }
+}
+
+/// Whether each query has a key it may attend: the first real key of its document in its row
+/// comes at or before the query's own position. `O(B·T)` with few documents per row.
+fn every_query_sees_a_key(
+    key_valid: &[bool],
+    key_doc: &[u32],
+    query_doc: &[u32],
+    batch: usize,
+    past: usize,
+) -> bool {
+    let tk = key_valid.len() / batch.max(1);
+    let tq = query_doc.len() / batch.max(1);
+    (0..batch).all(|row| {
+        // (document, position of its first real key), in order of first appearance.
+        let mut first: Vec<(u32, usize)> = Vec::new();
+        for j in 0..tk {
+            let doc = key_doc[row * tk + j];
+            if key_valid[row * tk + j] && !first.iter().any(|&(d, _)| d == doc) {
+                first.push((doc, j));
+            }
+        }
+        (0..tq).all(|i| {
+            let doc = query_doc[row * tq + i];
+            first.iter().any(|&(d, j)| d == doc && j <= past + i)
+        })
+    })
 }
 
 #[cfg(test)]
@@ -219,7 +337,9 @@ mod tests {
             0,
             &device,
         );
-        let m: Vec<bool> = mask.into_data().try_into_vec::<bool>().unwrap();
+        // The trailing padding query still sees its document's first token.
+        assert!(mask.every_query_sees_a_key);
+        let m: Vec<bool> = mask.masked.into_data().try_into_vec::<bool>().unwrap();
         #[rustfmt::skip]
         let allowed = [
             true, false, false, false,
@@ -232,10 +352,51 @@ mod tests {
     }
 
     #[test]
+    fn a_left_padding_query_sees_no_key_and_keeps_hf_fill() {
+        let device = Device::flex();
+        let mask = attention_mask(&[false, true], &[0, 0], &[0, 0], 1, 0, &device);
+        assert!(!mask.every_query_sees_a_key);
+        assert_eq!(mask.fill(), f32::MIN);
+        // Interleaved documents: each query sees its own token.
+        let mask = attention_mask(
+            &[true, true, true, true],
+            &[0, 1, 0, 1],
+            &[0, 1, 0, 1],
+            1,
+            0,
+            &device,
+        );
+        assert!(mask.every_query_sees_a_key);
+        // A query of document 1 before document 1's first real token sees nothing.
+        let mask = attention_mask(&[true, false, true], &[0, 1, 1], &[0, 1, 1], 1, 0, &device);
+        assert!(!mask.every_query_sees_a_key);
+        assert_eq!(mask.query_blocks(512), vec![(0, 512)]);
+    }
+
+    #[test]
+    fn long_causal_prefills_run_in_bounded_blocks() {
+        let device = Device::flex();
+        let mask = attention_mask(&[true; 8], &[0; 8], &[0; 8], 1, 0, &device);
+        assert_eq!(mask.fill(), f32::NEG_INFINITY);
+        assert_eq!(mask.query_blocks(100), vec![(0, 100)]);
+        assert_eq!(mask.query_blocks(256), vec![(0, 128), (128, 128)]);
+        assert_eq!(
+            mask.query_blocks(4096),
+            vec![(0, 1024), (1024, 1024), (2048, 1024), (3072, 1024)]
+        );
+        assert_eq!(
+            mask.query_blocks(513),
+            vec![(0, 129), (129, 129), (258, 129), (387, 126)]
+        );
+    }
+
+    #[test]
     fn decode_mask_sees_the_past() {
         let device = Device::flex();
         let mask = attention_mask(&[false, true, true], &[0, 0, 0], &[0], 1, 2, &device);
-        let m: Vec<bool> = mask.into_data().try_into_vec::<bool>().unwrap();
+        assert!(mask.every_query_sees_a_key);
+        assert_eq!(mask.query_blocks(1), vec![(0, 1)]);
+        let m: Vec<bool> = mask.masked.into_data().try_into_vec::<bool>().unwrap();
         assert_eq!(m, vec![true, false, false]);
     }
 }

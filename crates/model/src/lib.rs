@@ -25,7 +25,7 @@ mod precision;
 pub mod rope;
 mod weights;
 
-pub use attention::{Attention, LayerKvCache, attention_mask};
+pub use attention::{Attention, AttentionMask, LayerKvCache, attention_mask};
 pub use config::{Family, FfnKind, MoeConfig, MoeTransformerConfig, QkNorm};
 pub use error::{ConfigError, LoadError, ModelError};
 pub use experts::{Experts, HfExperts, Tier, plan_tiers};
@@ -33,10 +33,9 @@ pub use generate::{FinishReason, Generated, GenerationConfig, Generator, Step, s
 pub use loader::{HostTensor, SafetensorsSource, load_checkpoint};
 pub use mlp::SwiGlu;
 pub use model::{
-    DecodeState, DecoderLayer, Ffn, HiddenOutput, ModelOutput, MoeTransformer, causal_lm_loss,
-    default_positions,
+    DecodeState, DecoderLayer, Ffn, HiddenOutput, ModelOutput, MoeTransformer, default_positions,
 };
 pub use moe::{RouteCall, SparseMoe};
 pub use norm::RmsNorm;
-pub use objective::TargetNll;
+pub use objective::{TargetNll, causal_lm_loss, next_token_targets};
 pub use weights::{Init, SeededInit, WeightSource, transpose};

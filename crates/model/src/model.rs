@@ -2,7 +2,6 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, Linear};
-use burn::tensor::activation::log_softmax;
 use burn::tensor::module::linear;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use seqtopk_router::{ExpertCache, Router, RouterConfig, RouterOutput, RoutingMode, TokenLayout};
@@ -473,54 +472,6 @@ impl MoeTransformer {
             moe_layers,
         })
     }
-}
-
-/// Mean next-token cross-entropy over the pairs `(t, t+1)` that are both real tokens of the same
-/// document (HF `ForCausalLMLoss` with `-100` at padding), and the number of such pairs.
-///
-/// # Shapes
-/// `logits`: `[B, T, V]`; `input_ids`: `[B·T]`.
-pub fn causal_lm_loss(
-    logits: Tensor<3>,
-    input_ids: &[u32],
-    layout: &TokenLayout,
-) -> Result<(Tensor<1>, usize), ModelError> {
-    let [b, t, v] = logits.dims();
-    if [b, t] != [layout.batch(), layout.seq_len()] || input_ids.len() != b * t {
-        return Err(ModelError::Input(format!(
-            "logits [{b}, {t}, {v}] do not match the layout or the ids"
-        )));
-    }
-    let device = logits.device();
-    let mut targets = vec![0i64; b * t];
-    let mut weights = vec![0f32; b * t];
-    let mut count = 0;
-    for row in 0..b {
-        for i in 0..t.saturating_sub(1) {
-            let (p, q) = (row * t + i, row * t + i + 1);
-            let (valid, docs) = (layout.valid(), layout.doc_ids());
-            if valid[p] && valid[q] && docs[p] == docs[q] {
-                targets[p] = i64::from(input_ids[q]);
-                weights[p] = 1.0;
-                count += 1;
-            }
-        }
-    }
-    if count == 0 {
-        return Err(ModelError::Input("no next-token pairs to score".into()));
-    }
-    let logits = logits.reshape([b * t, v]);
-    let logits = if logits.dtype() == DType::F32 {
-        logits
-    } else {
-        logits.cast(DType::F32)
-    };
-    let logp = log_softmax(logits, 1);
-    let targets = Tensor::<2, Int>::from_data(TensorData::new(targets, [b * t, 1]), &device);
-    let picked = logp.gather(1, targets).reshape([b * t]);
-    let weights = Tensor::<1>::from_data(TensorData::new(weights, [b * t]), &device);
-    let loss = (picked * weights).sum().neg() / count as f64;
-    Ok((loss, count))
 }
 
 fn norm(

@@ -11,8 +11,10 @@
 //! none of them `[N, V]`-sized on the graph. This is the idea of Liger's fused linear
 //! cross-entropy, written with plain tensor ops so every backend runs it.
 
-use burn::tensor::activation::softmax;
+use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::{DType, IndexingUpdateOp, Int, Tensor, TensorData};
+
+use seqtopk_router::TokenLayout;
 
 use crate::ModelError;
 use crate::experts::int_tensor;
@@ -199,6 +201,67 @@ fn accumulate<const D: usize>(acc: Option<Tensor<D>>, part: Tensor<D>) -> Tensor
         Some(acc) => acc + part,
         None => part,
     }
+}
+
+/// Next-token targets of a layout, `[B·T]` in position order: position `t` is scored on the
+/// token at `t + 1` when both are real tokens of the same document (HF `ForCausalLMLoss` puts
+/// `-100` elsewhere), `-1` otherwise. The data pipeline's batches carry the same targets.
+pub fn next_token_targets(input_ids: &[u32], layout: &TokenLayout) -> Vec<i32> {
+    let (b, t) = (layout.batch(), layout.seq_len());
+    let (valid, docs) = (layout.valid(), layout.doc_ids());
+    let mut targets = vec![-1; b * t];
+    for row in 0..b {
+        for i in 0..t.saturating_sub(1) {
+            let (p, q) = (row * t + i, row * t + i + 1);
+            if valid[p] && valid[q] && docs[p] == docs[q] {
+                targets[p] = input_ids[q] as i32;
+            }
+        }
+    }
+    targets
+}
+
+/// Mean next-token cross-entropy over the pairs `(t, t+1)` that are both real tokens of the same
+/// document (HF `ForCausalLMLoss` with `-100` at padding), and the number of such pairs, from
+/// logits the caller already has. Training goes through [`MoeTransformer::target_nll`] on the
+/// hidden states instead, which never holds the whole `[B, T, V]` logits.
+///
+/// # Shapes
+/// `logits`: `[B, T, V]`; `input_ids`: `[B·T]`.
+pub fn causal_lm_loss(
+    logits: Tensor<3>,
+    input_ids: &[u32],
+    layout: &TokenLayout,
+) -> Result<(Tensor<1>, usize), ModelError> {
+    let [b, t, v] = logits.dims();
+    if [b, t] != [layout.batch(), layout.seq_len()] || input_ids.len() != b * t {
+        return Err(ModelError::Input(format!(
+            "logits [{b}, {t}, {v}] do not match the layout or the ids"
+        )));
+    }
+    let device = logits.device();
+    let targets = next_token_targets(input_ids, layout);
+    let count = targets.iter().filter(|&&x| x >= 0).count();
+    if count == 0 {
+        return Err(ModelError::Input("no next-token pairs to score".into()));
+    }
+    let weights: Vec<f32> = targets
+        .iter()
+        .map(|&x| if x >= 0 { 1.0 } else { 0.0 })
+        .collect();
+    let targets: Vec<i64> = targets.iter().map(|&x| i64::from(x.max(0))).collect();
+    let logits = logits.reshape([b * t, v]);
+    let logits = if logits.dtype() == DType::F32 {
+        logits
+    } else {
+        logits.cast(DType::F32)
+    };
+    let logp = log_softmax(logits, 1);
+    let targets = Tensor::<2, Int>::from_data(TensorData::new(targets, [b * t, 1]), &device);
+    let picked = logp.gather(1, targets).reshape([b * t]);
+    let weights = Tensor::<1>::from_data(TensorData::new(weights, [b * t]), &device);
+    let loss = (picked * weights).sum().neg() / count as f64;
+    Ok((loss, count))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 use safetensors::SafeTensors;
-use seqtopk_model::{LoadError, load_checkpoint};
+use seqtopk_model::{LoadError, causal_lm_loss, load_checkpoint};
 use seqtopk_router::{LbConvention, RouterConfig, RoutingMode, TokenLayout, load_balancing_loss};
 
 fn fixture(name: &str) -> PathBuf {
@@ -51,6 +51,70 @@ fn packed_documents_equal_separate_rows() {
             .map(|(x, y)| (x - y).abs())
             .fold(0f32, f32::max);
         assert!(max < 1e-4, "{name}: packed vs separate max diff {max}");
+    }
+}
+
+#[test]
+fn long_causal_attention_in_blocks_equals_the_single_pass() {
+    // 300 tokens alone run the attention in causal query blocks with `−∞` fill; the same tokens
+    // after one left-padding token (whose query sees no key) run HF's single pass with
+    // `f32::MIN`. Positions start at the first real token in both, so the logits of the real
+    // tokens, the loss and the gradients must agree.
+    let device = Device::flex().autodiff();
+    let model = load_checkpoint(fixture("olmoe-tiny"), &device).unwrap();
+    let t = 300;
+    let ids: Vec<u32> = (0..t)
+        .map(|i| ((i * 37 + i * i) % 251) as u32 + 3)
+        .collect();
+    let run = |ids: &[u32], layout: &TokenLayout| {
+        let out = model.forward(ids, layout, &device).unwrap();
+        let (loss, pairs) = causal_lm_loss(out.logits.clone(), ids, layout).unwrap();
+        let grads = loss.clone().backward();
+        let grad = |p: &burn::module::Param<burn::tensor::Tensor<2>>| {
+            p.grad(&grads)
+                .unwrap()
+                .into_data()
+                .try_into_vec::<f32>()
+                .unwrap()
+        };
+        let q = grad(&model.layers[0].self_attn.q_proj.weight);
+        let k = grad(&model.layers[1].self_attn.k_proj.weight);
+        (to_vec(out.logits), loss.into_scalar::<f32>(), pairs, q, k)
+    };
+    let alone = run(&ids, &TokenLayout::dense(1, t));
+    let padded_ids: Vec<u32> = std::iter::once(0).chain(ids.iter().copied()).collect();
+    let valid: Vec<bool> = (0..=t).map(|i| i > 0).collect();
+    let padded = run(
+        &padded_ids,
+        &TokenLayout::new(1, t + 1, valid, vec![0; t + 1]).unwrap(),
+    );
+    let vocab = alone.0.len() / t;
+    let max_diff = |a: &[f32], b: &[f32]| {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    };
+    let logits = max_diff(&alone.0, &padded.0[vocab..]);
+    assert!(logits < 1e-4, "logits differ by {logits}");
+    assert_eq!(alone.2, padded.2);
+    assert!(
+        (alone.1 - padded.1).abs() < 1e-5,
+        "{} vs {}",
+        alone.1,
+        padded.1
+    );
+    for (what, a, b) in [
+        ("q_proj", &alone.3, &padded.3),
+        ("k_proj", &alone.4, &padded.4),
+    ] {
+        let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let diff = max_diff(a, b);
+        assert!(
+            scale > 0.0 && diff <= 1e-4 * scale,
+            "{what} gradient differs by {diff}"
+        );
     }
 }
 
