@@ -3,12 +3,16 @@
 //! the kernels one MoE layer launches for E = 16 and E = 64; the model step on wgpu.
 //!
 //! ```text
-//! cargo bench --workspace --profile dev --features seqtopk-backend/wgpu --bench compare [-- --quick]
+//! cargo bench --workspace --features seqtopk-backend/wgpu --bench compare [-- --quick]
 //! ```
+//!
+//! Plain `cargo bench` builds the release profile users run (`cargo run --release`); add
+//! `--profile dev` to reuse the test build instead (slower code; the run says which it is).
 //!
 //! Cases (each side of each case in its own process, so its peak resident memory is its own):
 //! - (a) model step: OLMoE hidden 256, 4 layers, 16 experts of 128, K 4, vocab 4096, `[4, 512]`;
-//!   forward, next-token cross-entropy + 0.01 × load balancing, backward (no optimiser).
+//!   forward, next-token cross-entropy (the trainer's chunked LM-head loss) + 0.01 × load
+//!   balancing, backward (no optimiser).
 //! - (b) whole trainer step (forward, backward, global-norm clipping, AdamW): ours through the real
 //!   [`Trainer`] on the tiny recipe and on the tiny recipe widened to hidden 256, 4 layers,
 //!   16 experts, K 4, `[4, 512]` (vocabulary 50304 in both); PyTorch with the same config,
@@ -39,7 +43,7 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::{Device, Distribution, Tensor};
 use cubecl_runtime::logging::{LaunchObservation, LaunchObserver};
 use seqtopk_backend::Backend;
-use seqtopk_model::{Ffn, MoeTransformer, MoeTransformerConfig, RouteCall, causal_lm_loss};
+use seqtopk_model::{Ffn, MoeTransformer, MoeTransformerConfig, RouteCall, next_token_targets};
 use seqtopk_router::{LbConvention, RouterConfig, RoutingMode, TokenLayout, load_balancing_loss};
 use seqtopk_train::{DEFAULT_RECIPE, Recipe, Trainer};
 use serde_json::{Value, json};
@@ -68,6 +72,14 @@ fn main() -> Result<()> {
     }
     let python = torch_python();
     let shapes = Shapes::new(quick);
+    println!(
+        "ours: {} build",
+        if cfg!(debug_assertions) {
+            "dev-profile (debug assertions on; the README's commands build release)"
+        } else {
+            "release-profile (as the README's commands build)"
+        }
+    );
     println!(
         "{THREADS} threads each side; median of {} steps after {} warm-up; peak = VmHWM of the \
          case's process; faults = per timed step",
@@ -543,10 +555,13 @@ fn run_case(spec: &Value) -> Result<Value> {
             model.set_routing(&RouterConfig::new(mode_of(spec)?, k))?;
             let ids = tokens(b * t, config.vocab_size);
             let layout = TokenLayout::dense(b, t);
+            let targets = next_token_targets(&ids, &layout);
             measure(warmup, steps, b * t, || {
-                let out = model.forward(&ids, &layout, &device)?;
+                // The trainer's loss path: the LM head and cross-entropy in row chunks.
+                let out = model.forward_hidden(&ids, &layout, &device)?;
                 let aux = load_balancing_loss(&out.router_outputs, &layout, LbConvention::Hf);
-                let (ce, _) = causal_lm_loss(out.logits, &ids, &layout)?;
+                let nll = model.target_nll(out.hidden, &targets)?;
+                let ce = nll.sum / nll.positions.len() as f64;
                 let grads = (ce + aux * AUX_COEF).backward();
                 drop(grads);
                 device.sync()?;
