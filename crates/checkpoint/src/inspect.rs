@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use burn::store::{BurnpackStore, ModuleStore};
-use seqtopk_model::{FfnKind, LoadError, MoeTransformerConfig};
+use seqtopk_model::{FfnKind, LoadError, MoeTransformerConfig, weight_files};
 use serde::Serialize;
 
 use crate::native::{self, Manifest};
@@ -186,50 +186,11 @@ fn header(path: &Path, file: &str) -> Result<Vec<TensorInfo>, LoadError> {
 /// The tensors of an HF checkpoint directory from the safetensors headers (`model.safetensors`,
 /// else the shards of `model.safetensors.index.json`), sorted by name.
 pub fn safetensors_tensors(dir: &Path) -> Result<Vec<TensorInfo>, LoadError> {
-    let single = dir.join("model.safetensors");
-    let index_path = dir.join("model.safetensors.index.json");
-    let files: Vec<String> = if single.is_file() {
-        vec!["model.safetensors".into()]
-    } else if index_path.is_file() {
-        let text = std::fs::read_to_string(&index_path).map_err(|source| LoadError::Io {
-            path: index_path.clone(),
-            source,
-        })?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| LoadError::Index {
-                path: index_path.clone(),
-                reason: format!("invalid JSON: {e}"),
-            })?;
-        let map = json
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| LoadError::Index {
-                path: index_path.clone(),
-                reason: "no `weight_map` object".into(),
-            })?;
-        let mut files: Vec<String> = map
-            .values()
-            .filter_map(|v| v.as_str().map(String::from))
-            .collect();
-        files.sort();
-        files.dedup();
-        for f in &files {
-            if !dir.join(f).is_file() {
-                return Err(LoadError::Index {
-                    path: index_path.clone(),
-                    reason: format!("shard `{f}` listed in weight_map is missing"),
-                });
-            }
-        }
-        files
-    } else {
-        return Err(LoadError::NoWeights {
-            dir: dir.to_path_buf(),
-        });
-    };
     let mut out = Vec::new();
-    for f in files {
-        out.extend(header(&dir.join(&f), &f)?);
+    for path in weight_files(dir)? {
+        // The file as the index names it, relative to the checkpoint directory.
+        let name = path.strip_prefix(dir).unwrap_or(&path).to_string_lossy();
+        out.extend(header(&path, &name)?);
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)

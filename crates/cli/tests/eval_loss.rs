@@ -8,17 +8,7 @@ use std::path::{Path, PathBuf};
 
 use safetensors::SafeTensors;
 use serde_json::Value;
-use support::{failure, fixture, i64s, ok_json, scratch, seqtopk};
-
-fn f32s(st: &SafeTensors, key: &str) -> (Vec<usize>, Vec<f32>) {
-    let t = st.tensor(key).unwrap();
-    let v = t
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
-    (t.shape().to_vec(), v)
-}
+use support::{f32s, failure, fixture, i64s, ok_json, scratch, seqtopk};
 
 /// HF's unpadded rows of the golden batch, written as `ids.json` in `dir`; and HF's loss.
 fn golden_rows(name: &str, dir: &Path) -> (PathBuf, Vec<Vec<i64>>, f64) {

@@ -30,7 +30,7 @@ pub use config::{Family, FfnKind, MoeConfig, MoeTransformerConfig, QkNorm};
 pub use error::{ConfigError, LoadError, ModelError};
 pub use experts::{Experts, HfExperts, Tier, plan_tiers};
 pub use generate::{FinishReason, Generated, GenerationConfig, Generator, Step, sample_token};
-pub use loader::{HostTensor, SafetensorsSource, load_checkpoint};
+pub use loader::{HostTensor, SafetensorsSource, load_checkpoint, weight_files};
 pub use mlp::SwiGlu;
 pub use model::{
     DecodeState, DecoderLayer, Ffn, HiddenOutput, ModelOutput, MoeTransformer, default_positions,

@@ -52,51 +52,57 @@ impl std::fmt::Debug for SafetensorsSource {
     }
 }
 
+/// The safetensors files of an HF checkpoint directory: `model.safetensors`, else the shards
+/// that `model.safetensors.index.json` lists (sorted, each once), which must all exist.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let single = dir.join("model.safetensors");
+    let index_path = dir.join("model.safetensors.index.json");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    if !index_path.is_file() {
+        return Err(LoadError::NoWeights {
+            dir: dir.to_path_buf(),
+        });
+    }
+    let index_error = |reason: String| LoadError::Index {
+        path: index_path.clone(),
+        reason,
+    };
+    let text = std::fs::read_to_string(&index_path).map_err(|source| LoadError::Io {
+        path: index_path.clone(),
+        source,
+    })?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| index_error(format!("invalid JSON: {e}")))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| index_error("no `weight_map` object".into()))?;
+    let mut files: Vec<PathBuf> = Vec::new();
+    for (key, file) in map {
+        let file = file
+            .as_str()
+            .ok_or_else(|| index_error(format!("weight_map[{key}] is not a file name")))?;
+        let path = dir.join(file);
+        if !path.is_file() {
+            return Err(index_error(format!(
+                "shard `{file}` listed in weight_map is missing"
+            )));
+        }
+        if !files.contains(&path) {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
 impl SafetensorsSource {
     /// Opens the weights of `dir`: `model.safetensors`, else the shards listed by
     /// `model.safetensors.index.json`.
     pub fn open_dir(dir: impl AsRef<Path>) -> Result<Self, LoadError> {
-        let dir = dir.as_ref();
-        let single = dir.join("model.safetensors");
-        let index_path = dir.join("model.safetensors.index.json");
-        let files = if single.is_file() {
-            vec![single]
-        } else if index_path.is_file() {
-            let text = std::fs::read_to_string(&index_path).map_err(|source| LoadError::Io {
-                path: index_path.clone(),
-                source,
-            })?;
-            let json: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| LoadError::Index {
-                    path: index_path.clone(),
-                    reason: format!("invalid JSON: {e}"),
-                })?;
-            let map = json
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| LoadError::Index {
-                    path: index_path.clone(),
-                    reason: "no `weight_map` object".into(),
-                })?;
-            let mut files: Vec<PathBuf> = Vec::new();
-            for (key, file) in map {
-                let file = file.as_str().ok_or_else(|| LoadError::Index {
-                    path: index_path.clone(),
-                    reason: format!("weight_map[{key}] is not a file name"),
-                })?;
-                let path = dir.join(file);
-                if !files.contains(&path) {
-                    files.push(path);
-                }
-            }
-            files.sort();
-            files
-        } else {
-            return Err(LoadError::NoWeights {
-                dir: dir.to_path_buf(),
-            });
-        };
-        Self::open_files(&files)
+        Self::open_files(&weight_files(dir.as_ref())?)
     }
 
     /// Opens the given safetensors files (keys must not repeat across files).

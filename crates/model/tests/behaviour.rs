@@ -309,10 +309,18 @@ fn online_seqtopk_generation_fills_expert_caches() {
     }
 }
 
+/// The fixture's config and weights (one file or shards with their index), without goldens.
 fn copy_fixture(name: &str, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture(name).join(f), to.join(f)).unwrap();
+    for entry in std::fs::read_dir(fixture(name)).unwrap() {
+        let f = entry.unwrap().file_name();
+        let f = f.to_str().unwrap();
+        if f == "config.json"
+            || f.ends_with(".safetensors") && !f.starts_with("golden")
+            || f.ends_with(".index.json")
+        {
+            std::fs::copy(fixture(name).join(f), to.join(f)).unwrap();
+        }
     }
 }
 
@@ -380,4 +388,16 @@ fn loading_errors_name_the_key_and_shape() {
 
     let err = load_checkpoint(scratch("nothing"), &device).unwrap_err();
     assert!(err.to_string().contains("config.json"), "{err}");
+
+    // A sharded checkpoint missing a shard its index lists: named before anything is read.
+    let dir = scratch("missing-shard");
+    copy_fixture("qwen2_moe-tiny-sharded", &dir);
+    std::fs::remove_file(dir.join("model-00003-of-00004.safetensors")).unwrap();
+    let err = load_checkpoint(&dir, &device).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, LoadError::Index { .. }), "{msg}");
+    assert!(
+        msg.contains("model-00003-of-00004.safetensors") && msg.contains("index.json"),
+        "{msg}"
+    );
 }

@@ -96,3 +96,15 @@ pub fn i64s(st: &SafeTensors, key: &str) -> (Vec<usize>, Vec<i64>) {
         .collect();
     (t.shape().to_vec(), v)
 }
+
+/// Shape and values of the little-endian f32 tensor `key` (logits, hidden states) of a
+/// safetensors file.
+pub fn f32s(st: &SafeTensors, key: &str) -> (Vec<usize>, Vec<f32>) {
+    let t = st.tensor(key).unwrap();
+    let v = t
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    (t.shape().to_vec(), v)
+}
