@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use safetensors::tensor::{Dtype, TensorView};
-use seqtopk_model::{MoeTransformer, causal_lm_loss};
-use seqtopk_router::{RoutingMode, TokenLayout};
-use serde_json::{Value, json};
+use seqtopk_model::causal_lm_loss;
+use seqtopk_router::TokenLayout;
+use serde_json::json;
 
-use crate::common::{DeviceArgs, RouterArgs, VerifyArgs};
+use crate::common::{
+    DeviceArgs, RouterArgs, VerifyArgs, apply_router, is_causal, log_routing, read_id_rows,
+};
 
 /// Arguments of `seqtopk eval loss`.
 #[derive(Debug, Args)]
@@ -35,120 +37,6 @@ pub struct LossArgs {
     pub device: DeviceArgs,
     #[command(flatten)]
     pub verify: VerifyArgs,
-}
-
-/// Reads a JSON list of rows of token ids, checking each id against `vocab_size`; errors name
-/// the file, the row and the position.
-pub fn read_id_rows(path: &Path, vocab_size: usize) -> Result<Vec<Vec<u32>>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
-    let value: Value = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not valid JSON", path.display()))?;
-    let Value::Array(rows) = value else {
-        bail!(
-            "{}: expected a JSON list of rows of token ids, e.g. [[1, 5, 9], [1, 7]]",
-            path.display()
-        );
-    };
-    if rows.is_empty() {
-        bail!("{}: the list of rows is empty", path.display());
-    }
-    rows.iter()
-        .enumerate()
-        .map(|(r, row)| {
-            let Value::Array(ids) = row else {
-                bail!(
-                    "{}: row {r}: expected a list of token ids, got {row}",
-                    path.display()
-                );
-            };
-            if ids.is_empty() {
-                bail!("{}: row {r} is empty", path.display());
-            }
-            ids.iter()
-                .enumerate()
-                .map(|(i, id)| {
-                    let id = id.as_u64().with_context(|| {
-                        format!(
-                            "{}: row {r}, position {i}: expected a non-negative integer token id, got {id}",
-                            path.display()
-                        )
-                    })?;
-                    if id >= vocab_size as u64 {
-                        bail!(
-                            "{}: row {r}, position {i}: token id {id} is outside the model's vocabulary of {vocab_size}",
-                            path.display()
-                        );
-                    }
-                    Ok(id as u32)
-                })
-                .collect()
-        })
-        .collect()
-}
-
-/// Applies `--router …` overrides to `model` and describes the routing in effect (`null` for a
-/// dense model).
-pub fn apply_router(model: &mut MoeTransformer, args: &RouterArgs) -> Result<Value> {
-    let checkpoint_k = model.config().moe.as_ref().map(|m| m.num_experts_per_tok);
-    if let Some(config) = args.resolve(checkpoint_k)? {
-        if checkpoint_k.is_none() {
-            tracing::warn!("the checkpoint has no MoE layers; router options have no effect");
-        }
-        model
-            .set_routing(&config)
-            .context("applying the router options")?;
-    }
-    Ok(describe_routing(model))
-}
-
-/// The routing `model` runs with, as JSON (`null` for a dense model): what every command that
-/// reports a score prints beside it.
-pub fn describe_routing(model: &MoeTransformer) -> Value {
-    match model.router() {
-        None => Value::Null,
-        Some(r) => {
-            let c = r.config();
-            json!({
-                "mode": c.mode.name(),
-                "top_k": c.top_k,
-                "cap": c.cap,
-                "floor": c.floor,
-                "online_budget": (c.mode == RoutingMode::OnlineSeqtopk).then(|| c.online_budget.name()),
-                "renormalize": c.renormalize,
-                "num_experts": c.num_experts,
-                "causal": is_causal(c.mode),
-            })
-        }
-    }
-}
-
-/// Whether a whole-sequence pass under `mode` routes each token from itself and the tokens
-/// before it only. `seqtopk` and `batch_topk` do not: a token's allocation depends on later
-/// tokens, the scored targets included, so their held-out loss is not that of a causal model
-/// (`online_seqtopk` is SeqTopK's causal form).
-pub fn is_causal(mode: RoutingMode) -> bool {
-    !matches!(mode, RoutingMode::Seqtopk | RoutingMode::BatchTopk)
-}
-
-/// Says which routing is in effect and where it comes from (a SeqTopK-trained checkpoint is
-/// evaluated with SeqTopK unless told otherwise; the user should see which).
-pub fn log_routing(router: &Value, recorded: bool, args: &RouterArgs) {
-    if router.is_null() {
-        return;
-    }
-    let origin = if args.is_set() {
-        "command-line options"
-    } else if recorded {
-        "recorded in the checkpoint's config.json"
-    } else {
-        "the checkpoint's default: per-token top-K"
-    };
-    tracing::info!(
-        "routing: {} K={} ({origin})",
-        router["mode"].as_str().unwrap_or("?"),
-        router["top_k"]
-    );
 }
 
 /// Runs `eval loss`: prints one JSON object with the loss, the number of scored tokens and the

@@ -243,12 +243,10 @@ pub fn run(args: TaskArgs) -> Result<()> {
                 let k = k.or(checkpoint_k).with_context(|| {
                     format!("--compare entry `{mode}` needs a K: the checkpoint has no MoE layers")
                 })?;
-                let mut config = RouterConfig::new(mode, k);
-                config.cap = args.router.cap;
-                config.floor = args.router.floor;
-                config.top_p = args.router.top_p_mass;
-                if mode == RoutingMode::OnlineSeqtopk {
-                    config.online_budget = args.router.online_budget;
+                let mut config = args.router.config(mode, k);
+                // One `--online-budget` serves the online entry of the list only.
+                if mode != RoutingMode::OnlineSeqtopk {
+                    config.online_budget = None;
                 }
                 Ok((mode, Some(k), Some(config)))
             })

@@ -10,8 +10,7 @@ use seqtopk_model::{FinishReason, GenerationConfig, MoeTransformer};
 use serde_json::{Value, json};
 use tokenizers::Tokenizer;
 
-use crate::common::{DeviceArgs, RouterArgs, VerifyArgs};
-use crate::eval_loss::{apply_router, log_routing, read_id_rows};
+use crate::common::{DeviceArgs, RouterArgs, VerifyArgs, apply_router, log_routing, read_id_rows};
 
 /// Arguments of `seqtopk generate`.
 #[derive(Debug, Args)]

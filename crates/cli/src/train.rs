@@ -134,7 +134,7 @@ fn eval_only(trainer: &mut Trainer, recipe: &Recipe, origin: &str, args: &TrainA
     let (sum, tokens) = domains.iter().fold((0.0, 0usize), |(s, n), d| {
         (s + d.loss * d.tokens as f64, n + d.tokens)
     });
-    let router = crate::eval_loss::describe_routing(trainer.model());
+    let router = crate::common::describe_routing(trainer.model());
     let report = serde_json::json!({
         "recipe": origin,
         "checkpoint": recipe.model.checkpoint,
