@@ -88,23 +88,25 @@ pub fn failure(out: &Output) -> String {
 /// Shape and values of the little-endian i64 tensor `key` (token ids, attention masks) of a
 /// safetensors file such as a fixture's `golden.safetensors`.
 pub fn i64s(st: &SafeTensors, key: &str) -> (Vec<usize>, Vec<i64>) {
-    let t = st.tensor(key).unwrap();
-    let v = t
-        .data()
-        .chunks_exact(8)
-        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-        .collect();
-    (t.shape().to_vec(), v)
+    values(st, key, i64::from_le_bytes)
 }
 
 /// Shape and values of the little-endian f32 tensor `key` (logits, hidden states) of a
 /// safetensors file.
 pub fn f32s(st: &SafeTensors, key: &str) -> (Vec<usize>, Vec<f32>) {
+    values(st, key, f32::from_le_bytes)
+}
+
+fn values<T, const N: usize>(
+    st: &SafeTensors,
+    key: &str,
+    from_le: fn([u8; N]) -> T,
+) -> (Vec<usize>, Vec<T>) {
     let t = st.tensor(key).unwrap();
     let v = t
         .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .chunks_exact(N)
+        .map(|c| from_le(c.try_into().unwrap()))
         .collect();
     (t.shape().to_vec(), v)
 }
