@@ -6,7 +6,7 @@ use burn::tensor::module::linear;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use seqtopk_router::{ExpertCache, Router, RouterConfig, RouterOutput, RoutingMode, TokenLayout};
 
-use crate::attention::{Attention, LayerKvCache, attention_mask};
+use crate::attention::{Attention, AttentionMask, LayerKvCache, attention_mask};
 use crate::config::{Family, FfnKind, MoeTransformerConfig, QkNorm};
 use crate::mlp::SwiGlu;
 use crate::moe::{RouteCall, SparseMoe};
@@ -37,6 +37,37 @@ pub struct DecoderLayer {
     pub post_attention_layernorm: RmsNorm,
     /// Dense MLP or MoE block.
     pub mlp: Ffn,
+}
+
+impl DecoderLayer {
+    /// One layer's two residual steps over `hidden` `[B, T, H]`, with the attention's `cos`,
+    /// `sin` and `mask`, the layer's KV cache when decoding, and, for an MoE layer, the router,
+    /// the layout and how to ask for a plan. Returns the new hidden states and, for an MoE layer,
+    /// its router output.
+    pub fn forward(
+        &self,
+        hidden: Tensor<3>,
+        cos: &Tensor<4>,
+        sin: &Tensor<4>,
+        mask: &AttentionMask,
+        kv: Option<&mut LayerKvCache>,
+        routing: Option<(&Router, &TokenLayout, RouteCall<'_>)>,
+    ) -> Result<(Tensor<3>, Option<RouterOutput>), ModelError> {
+        let x = self.input_layernorm.forward(hidden.clone());
+        let hidden = hidden + self.self_attn.forward(x, cos, sin, mask, kv);
+        let x = self.post_attention_layernorm.forward(hidden.clone());
+        let (y, out) = match (&self.mlp, routing) {
+            (Ffn::Dense(mlp), _) => (mlp.forward(x), None),
+            (Ffn::Moe(moe), Some((router, layout, call))) => {
+                let (y, out) = moe.forward(x, router, layout, call)?;
+                (y, Some(out))
+            }
+            (Ffn::Moe(_), None) => {
+                return Err(ModelError::Input("MoE layer without a router".into()));
+            }
+        };
+        Ok((hidden + y, out))
+    }
 }
 
 /// The causal LM: embedding, decoder layers, final norm, LM head (tied or not).
@@ -382,44 +413,7 @@ impl MoeTransformer {
             device,
         );
         let (cos, sin) = rope::cos_sin(positions, b, t, c.head_dim, c.rope_theta, device);
-        let mask = match state.as_deref_mut() {
-            None => attention_mask(
-                layout.valid(),
-                layout.doc_ids(),
-                layout.doc_ids(),
-                b,
-                0,
-                device,
-            ),
-            Some(st) => {
-                if st.key_valid.len() != b {
-                    return Err(ModelError::Input(format!(
-                        "decode state has {} rows, batch has {b}",
-                        st.key_valid.len()
-                    )));
-                }
-                if layout.doc_ids().iter().any(|&d| d != 0) {
-                    return Err(ModelError::Input(
-                        "generation rows must hold one document each".into(),
-                    ));
-                }
-                let past = st.len();
-                let mut key_valid = Vec::with_capacity(b * (past + t));
-                for row in 0..b {
-                    st.key_valid[row].extend_from_slice(&layout.valid()[row * t..(row + 1) * t]);
-                    key_valid.extend_from_slice(&st.key_valid[row]);
-                }
-                let tk = past + t;
-                attention_mask(
-                    &key_valid,
-                    &vec![0; b * tk],
-                    &vec![0; b * t],
-                    b,
-                    past,
-                    device,
-                )
-            }
-        };
+        let mask = layout_mask(layout, state.as_deref_mut(), device)?;
         let mut hidden = self.embed_tokens.forward(ids);
         // HF casts the f32 tables to the activations' dtype before rotating.
         let (cos, sin) = match hidden.dtype() {
@@ -433,16 +427,9 @@ impl MoeTransformer {
                 Some(st) => (Some(&mut st.kv[i]), st.experts[i].as_mut()),
                 None => (None, None),
             };
-            let x = layer.input_layernorm.forward(hidden.clone());
-            hidden = hidden + layer.self_attn.forward(x, &cos, &sin, &mask, kv);
-            let x = layer.post_attention_layernorm.forward(hidden.clone());
-            let y = match &layer.mlp {
-                Ffn::Dense(mlp) => mlp.forward(x),
-                Ffn::Moe(moe) => {
-                    let router = self
-                        .router
-                        .as_ref()
-                        .ok_or_else(|| ModelError::Input("MoE layer without a router".into()))?;
+            // An MoE layer without a router is refused by the layer.
+            let routing = match (&layer.mlp, &self.router) {
+                (Ffn::Moe(_), Some(router)) => {
                     let call = match (expert_cache, prompt_lens) {
                         (Some(cache), _) if cache.is_empty() => RouteCall::Prefill(cache),
                         (Some(cache), _) => RouteCall::Decode(cache),
@@ -451,13 +438,16 @@ impl MoeTransformer {
                         }
                         (None, _) => RouteCall::Full,
                     };
-                    let (y, out) = moe.forward(x, router, layout, call)?;
-                    router_outputs.push(out);
-                    moe_layers.push(i);
-                    y
+                    Some((router, layout, call))
                 }
+                _ => None,
             };
-            hidden = hidden + y;
+            let (h, out) = layer.forward(hidden, &cos, &sin, &mask, kv, routing)?;
+            hidden = h;
+            if let Some(out) = out {
+                router_outputs.push(out);
+                moe_layers.push(i);
+            }
         }
         if let Some(st) = state {
             for row in 0..b {
@@ -472,6 +462,53 @@ impl MoeTransformer {
             moe_layers,
         })
     }
+}
+
+/// The attention mask of a forward over `layout`: within-document causal attention, or, when
+/// decoding, attention over the cached keys too (whose validity `state` records, extended by
+/// this step's tokens).
+fn layout_mask(
+    layout: &TokenLayout,
+    state: Option<&mut DecodeState>,
+    device: &Device,
+) -> Result<AttentionMask, ModelError> {
+    let (b, t) = (layout.batch(), layout.seq_len());
+    let Some(st) = state else {
+        return Ok(attention_mask(
+            layout.valid(),
+            layout.doc_ids(),
+            layout.doc_ids(),
+            b,
+            0,
+            device,
+        ));
+    };
+    if st.key_valid.len() != b {
+        return Err(ModelError::Input(format!(
+            "decode state has {} rows, batch has {b}",
+            st.key_valid.len()
+        )));
+    }
+    if layout.doc_ids().iter().any(|&d| d != 0) {
+        return Err(ModelError::Input(
+            "generation rows must hold one document each".into(),
+        ));
+    }
+    let past = st.len();
+    let mut key_valid = Vec::with_capacity(b * (past + t));
+    for row in 0..b {
+        st.key_valid[row].extend_from_slice(&layout.valid()[row * t..(row + 1) * t]);
+        key_valid.extend_from_slice(&st.key_valid[row]);
+    }
+    let tk = past + t;
+    Ok(attention_mask(
+        &key_valid,
+        &vec![0; b * tk],
+        &vec![0; b * t],
+        b,
+        past,
+        device,
+    ))
 }
 
 fn norm(
