@@ -297,104 +297,22 @@ impl HfConfig {
                 .to_string();
             return Err(ConfigError::Quantized { path, method });
         }
-        let mt = self.model_type.clone();
-        let missing = |field| ConfigError::Missing {
-            path: path.clone(),
-            field,
-            model_type: mt.clone(),
+        let f = Fields {
+            path: &path,
+            model_type: &self.model_type,
         };
-        let invalid = |field, reason: String| ConfigError::Invalid {
-            path: path.clone(),
-            field,
-            reason,
-        };
-        let positive = |v: Option<usize>, field| -> Result<usize, ConfigError> {
-            match v {
-                None => Err(missing(field)),
-                Some(0) => Err(invalid(field, "must be positive".into())),
-                Some(v) => Ok(v),
-            }
-        };
-
-        let vocab_size = positive(self.vocab_size, "vocab_size")?;
-        let hidden_size = positive(self.hidden_size, "hidden_size")?;
-        let num_layers = positive(self.num_hidden_layers, "num_hidden_layers")?;
-        let heads = positive(self.num_attention_heads, "num_attention_heads")?;
-        let kv_heads = self.num_key_value_heads.unwrap_or(heads);
-        if kv_heads == 0 || heads % kv_heads != 0 {
-            return Err(invalid(
-                "num_key_value_heads",
-                format!("{kv_heads} does not divide num_attention_heads = {heads}"),
-            ));
-        }
-        let head_dim = match self.head_dim {
-            Some(0) => return Err(invalid("head_dim", "must be positive".into())),
-            Some(d) => d,
-            None if hidden_size % heads == 0 => hidden_size / heads,
-            None => {
-                return Err(invalid(
-                    "num_attention_heads",
-                    format!(
-                        "{heads} does not divide hidden_size = {hidden_size} and no head_dim is given"
-                    ),
-                ));
-            }
-        };
-        if head_dim % 2 != 0 {
-            return Err(invalid(
-                "head_dim",
-                format!("RoPE needs an even head_dim, got {head_dim}"),
-            ));
-        }
-        if let Some(act) = &self.hidden_act
-            && act != "silu"
-            && act != "swish"
-        {
-            return Err(invalid(
-                "hidden_act",
-                format!("only silu (SwiGLU) is supported, got `{act}`"),
-            ));
-        }
-        let rms_norm_eps = self.rms_norm_eps.ok_or_else(|| missing("rms_norm_eps"))?;
+        let vocab_size = f.positive(self.vocab_size, "vocab_size")?;
+        let hidden_size = f.positive(self.hidden_size, "hidden_size")?;
+        let num_layers = f.positive(self.num_hidden_layers, "num_hidden_layers")?;
+        let (heads, kv_heads, head_dim) = self.attention_shape(&f, hidden_size)?;
+        self.refuse_unsupported(&f, family)?;
+        let rms_norm_eps = self.rms_norm_eps.ok_or_else(|| f.missing("rms_norm_eps"))?;
         let rope_theta = self
             .rope_parameters
             .as_ref()
             .and_then(|r| r.rope_theta)
             .or(self.rope_theta)
-            .ok_or_else(|| missing("rope_theta"))?;
-        for (field, rope) in [
-            ("rope_parameters.rope_type", &self.rope_parameters),
-            ("rope_scaling.rope_type", &self.rope_scaling),
-        ] {
-            if let Some(kind) = rope.as_ref().and_then(|r| r.rope_type.as_deref())
-                && kind != "default"
-            {
-                return Err(invalid(
-                    field,
-                    format!("only the default RoPE is supported, got `{kind}`"),
-                ));
-            }
-        }
-        if self.mlp_bias == Some(true) {
-            return Err(invalid("mlp_bias", "MLP biases are not supported".into()));
-        }
-        let sliding = match family {
-            Family::Qwen2Moe | Family::Qwen3Moe => {
-                self.use_sliding_window == Some(true) && self.sliding_window.unwrap_or(0) > 0
-            }
-            _ => self.sliding_window.unwrap_or(0) > 0,
-        };
-        if sliding {
-            return Err(invalid(
-                "sliding_window",
-                "sliding-window attention is not supported".into(),
-            ));
-        }
-        if let Some(c) = self.clip_qkv
-            && c <= 0.0
-        {
-            return Err(invalid("clip_qkv", format!("must be positive, got {c}")));
-        }
+            .ok_or_else(|| f.missing("rope_theta"))?;
 
         let attention_bias = self.attention_bias.unwrap_or(false);
         let (qk_norm, qkv_bias, o_bias) = match family {
@@ -405,96 +323,9 @@ impl HfConfig {
             Family::Mixtral => (QkNorm::None, false, false),
             Family::Llama => (QkNorm::None, attention_bias, attention_bias),
         };
-
-        let intermediate = self.intermediate_size;
-        let num_experts = self.num_experts.or(self.num_local_experts);
-        let moe = match family {
-            Family::Llama => None,
-            _ => {
-                let e = positive(num_experts, "num_experts")?;
-                let k = positive(self.num_experts_per_tok, "num_experts_per_tok")?;
-                if k > e {
-                    return Err(invalid(
-                        "num_experts_per_tok",
-                        format!("{k} exceeds num_experts = {e}"),
-                    ));
-                }
-                let expert_width = match family {
-                    Family::Olmoe | Family::Mixtral => positive(intermediate, "intermediate_size")?,
-                    _ => positive(self.moe_intermediate_size, "moe_intermediate_size")?,
-                };
-                Some(MoeConfig {
-                    num_experts: e,
-                    num_experts_per_tok: k,
-                    expert_intermediate_size: expert_width,
-                    norm_topk_prob: match family {
-                        Family::Mixtral => true,
-                        _ => self.norm_topk_prob.unwrap_or(false),
-                    },
-                    shared_expert_intermediate_size: match family {
-                        Family::Qwen2Moe => self.shared_expert_intermediate_size.filter(|&s| s > 0),
-                        _ => None,
-                    },
-                    router_aux_loss_coef: self.router_aux_loss_coef.unwrap_or(0.0),
-                })
-            }
-        };
-
-        let layers = match family {
-            Family::Llama => {
-                let width = positive(intermediate, "intermediate_size")?;
-                vec![
-                    FfnKind::Dense {
-                        intermediate_size: width
-                    };
-                    num_layers
-                ]
-            }
-            Family::Olmoe | Family::Mixtral => vec![FfnKind::Moe; num_layers],
-            Family::Qwen2Moe | Family::Qwen3Moe => {
-                let step = self.decoder_sparse_step.unwrap_or(1);
-                if step == 0 {
-                    return Err(invalid("decoder_sparse_step", "must be positive".into()));
-                }
-                let dense_only = self.mlp_only_layers.clone().unwrap_or_default();
-                if let Some(&bad) = dense_only.iter().find(|&&i| i >= num_layers) {
-                    return Err(invalid(
-                        "mlp_only_layers",
-                        format!("layer {bad} does not exist ({num_layers} layers)"),
-                    ));
-                }
-                let mut layers = Vec::with_capacity(num_layers);
-                for i in 0..num_layers {
-                    // transformers: MoE iff not listed and (i + 1) % decoder_sparse_step == 0.
-                    if !dense_only.contains(&i) && (i + 1) % step == 0 {
-                        layers.push(FfnKind::Moe);
-                    } else {
-                        layers.push(FfnKind::Dense {
-                            intermediate_size: positive(intermediate, "intermediate_size")?,
-                        });
-                    }
-                }
-                layers
-            }
-        };
-
-        let eos_token_ids = match &self.eos_token_id {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Number(n)) => vec![json_token(n, &path)?],
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|v| match v {
-                    Value::Number(n) => json_token(n, &path),
-                    _ => Err(invalid("eos_token_id", format!("not a token id: {v}"))),
-                })
-                .collect::<Result<_, _>>()?,
-            Some(other) => {
-                return Err(invalid(
-                    "eos_token_id",
-                    format!("expected an id or a list of ids, got {other}"),
-                ));
-            }
-        };
+        let moe = self.moe(&f, family)?;
+        let layers = self.layer_kinds(&f, family, num_layers)?;
+        let eos_token_ids = self.eos_token_ids(&f)?;
 
         Ok(MoeTransformerConfig {
             family,
@@ -516,6 +347,229 @@ impl HfConfig {
             pad_token_id: self.pad_token_id,
             eos_token_ids,
         })
+    }
+
+    /// Attention heads, key/value heads and head width.
+    fn attention_shape(
+        &self,
+        f: &Fields<'_>,
+        hidden_size: usize,
+    ) -> Result<(usize, usize, usize), ConfigError> {
+        let heads = f.positive(self.num_attention_heads, "num_attention_heads")?;
+        let kv_heads = self.num_key_value_heads.unwrap_or(heads);
+        if kv_heads == 0 || heads % kv_heads != 0 {
+            return Err(f.invalid(
+                "num_key_value_heads",
+                format!("{kv_heads} does not divide num_attention_heads = {heads}"),
+            ));
+        }
+        let head_dim = match self.head_dim {
+            Some(0) => return Err(f.invalid("head_dim", "must be positive".into())),
+            Some(d) => d,
+            None if hidden_size.is_multiple_of(heads) => hidden_size / heads,
+            None => {
+                return Err(f.invalid(
+                    "num_attention_heads",
+                    format!(
+                        "{heads} does not divide hidden_size = {hidden_size} and no head_dim is given"
+                    ),
+                ));
+            }
+        };
+        if head_dim % 2 != 0 {
+            return Err(f.invalid(
+                "head_dim",
+                format!("RoPE needs an even head_dim, got {head_dim}"),
+            ));
+        }
+        Ok((heads, kv_heads, head_dim))
+    }
+
+    /// Refuses what the model does not implement, naming the field.
+    fn refuse_unsupported(&self, f: &Fields<'_>, family: Family) -> Result<(), ConfigError> {
+        if let Some(act) = &self.hidden_act
+            && act != "silu"
+            && act != "swish"
+        {
+            return Err(f.invalid(
+                "hidden_act",
+                format!("only silu (SwiGLU) is supported, got `{act}`"),
+            ));
+        }
+        for (field, rope) in [
+            ("rope_parameters.rope_type", &self.rope_parameters),
+            ("rope_scaling.rope_type", &self.rope_scaling),
+        ] {
+            if let Some(kind) = rope.as_ref().and_then(|r| r.rope_type.as_deref())
+                && kind != "default"
+            {
+                return Err(f.invalid(
+                    field,
+                    format!("only the default RoPE is supported, got `{kind}`"),
+                ));
+            }
+        }
+        if self.mlp_bias == Some(true) {
+            return Err(f.invalid("mlp_bias", "MLP biases are not supported".into()));
+        }
+        let sliding = match family {
+            Family::Qwen2Moe | Family::Qwen3Moe => {
+                self.use_sliding_window == Some(true) && self.sliding_window.unwrap_or(0) > 0
+            }
+            _ => self.sliding_window.unwrap_or(0) > 0,
+        };
+        if sliding {
+            return Err(f.invalid(
+                "sliding_window",
+                "sliding-window attention is not supported".into(),
+            ));
+        }
+        if let Some(c) = self.clip_qkv
+            && c <= 0.0
+        {
+            return Err(f.invalid("clip_qkv", format!("must be positive, got {c}")));
+        }
+        Ok(())
+    }
+
+    /// The MoE block's configuration (`None` for a dense family).
+    fn moe(&self, f: &Fields<'_>, family: Family) -> Result<Option<MoeConfig>, ConfigError> {
+        let intermediate = self.intermediate_size;
+        let num_experts = self.num_experts.or(self.num_local_experts);
+        Ok(match family {
+            Family::Llama => None,
+            _ => {
+                let e = f.positive(num_experts, "num_experts")?;
+                let k = f.positive(self.num_experts_per_tok, "num_experts_per_tok")?;
+                if k > e {
+                    return Err(f.invalid(
+                        "num_experts_per_tok",
+                        format!("{k} exceeds num_experts = {e}"),
+                    ));
+                }
+                let expert_width = match family {
+                    Family::Olmoe | Family::Mixtral => {
+                        f.positive(intermediate, "intermediate_size")?
+                    }
+                    _ => f.positive(self.moe_intermediate_size, "moe_intermediate_size")?,
+                };
+                Some(MoeConfig {
+                    num_experts: e,
+                    num_experts_per_tok: k,
+                    expert_intermediate_size: expert_width,
+                    norm_topk_prob: match family {
+                        Family::Mixtral => true,
+                        _ => self.norm_topk_prob.unwrap_or(false),
+                    },
+                    shared_expert_intermediate_size: match family {
+                        Family::Qwen2Moe => self.shared_expert_intermediate_size.filter(|&s| s > 0),
+                        _ => None,
+                    },
+                    router_aux_loss_coef: self.router_aux_loss_coef.unwrap_or(0.0),
+                })
+            }
+        })
+    }
+
+    /// Each layer's feed-forward kind, as transformers lays them out per family.
+    fn layer_kinds(
+        &self,
+        f: &Fields<'_>,
+        family: Family,
+        num_layers: usize,
+    ) -> Result<Vec<FfnKind>, ConfigError> {
+        let intermediate = self.intermediate_size;
+        Ok(match family {
+            Family::Llama => {
+                let width = f.positive(intermediate, "intermediate_size")?;
+                vec![
+                    FfnKind::Dense {
+                        intermediate_size: width
+                    };
+                    num_layers
+                ]
+            }
+            Family::Olmoe | Family::Mixtral => vec![FfnKind::Moe; num_layers],
+            Family::Qwen2Moe | Family::Qwen3Moe => {
+                let step = self.decoder_sparse_step.unwrap_or(1);
+                if step == 0 {
+                    return Err(f.invalid("decoder_sparse_step", "must be positive".into()));
+                }
+                let dense_only = self.mlp_only_layers.clone().unwrap_or_default();
+                if let Some(&bad) = dense_only.iter().find(|&&i| i >= num_layers) {
+                    return Err(f.invalid(
+                        "mlp_only_layers",
+                        format!("layer {bad} does not exist ({num_layers} layers)"),
+                    ));
+                }
+                let mut layers = Vec::with_capacity(num_layers);
+                for i in 0..num_layers {
+                    // transformers: MoE iff not listed and (i + 1) % decoder_sparse_step == 0.
+                    if !dense_only.contains(&i) && (i + 1) % step == 0 {
+                        layers.push(FfnKind::Moe);
+                    } else {
+                        layers.push(FfnKind::Dense {
+                            intermediate_size: f.positive(intermediate, "intermediate_size")?,
+                        });
+                    }
+                }
+                layers
+            }
+        })
+    }
+
+    /// `eos_token_id`: absent, one id or a list of ids.
+    fn eos_token_ids(&self, f: &Fields<'_>) -> Result<Vec<u32>, ConfigError> {
+        Ok(match &self.eos_token_id {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Number(n)) => vec![json_token(n, f.path)?],
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::Number(n) => json_token(n, f.path),
+                    _ => Err(f.invalid("eos_token_id", format!("not a token id: {v}"))),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(other) => {
+                return Err(f.invalid(
+                    "eos_token_id",
+                    format!("expected an id or a list of ids, got {other}"),
+                ));
+            }
+        })
+    }
+}
+
+/// The config file being resolved, for errors that name it and the offending field.
+struct Fields<'a> {
+    path: &'a Path,
+    model_type: &'a str,
+}
+
+impl Fields<'_> {
+    fn missing(&self, field: &'static str) -> ConfigError {
+        ConfigError::Missing {
+            path: self.path.to_path_buf(),
+            field,
+            model_type: self.model_type.to_owned(),
+        }
+    }
+
+    fn invalid(&self, field: &'static str, reason: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            field,
+            reason,
+        }
+    }
+
+    /// A required positive integer field.
+    fn positive(&self, v: Option<usize>, field: &'static str) -> Result<usize, ConfigError> {
+        match v {
+            None => Err(self.missing(field)),
+            Some(0) => Err(self.invalid(field, "must be positive".into())),
+            Some(v) => Ok(v),
+        }
     }
 }
 
