@@ -3,7 +3,7 @@
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use seqtopk_model::{MoeTransformer, default_positions};
+use seqtopk_model::{FinishReason, GenerationConfig, MoeTransformer};
 use seqtopk_router::TokenLayout;
 use tokenizers::Tokenizer;
 
@@ -306,81 +306,36 @@ impl<'a> Lm<'a> {
             .collect())
     }
 
+    /// Greedy continuations of one batch through [`seqtopk_model::Generator`] (left padding,
+    /// one prefill, cached decode steps, stop ids), ending a row early once its decoded text
+    /// holds a stop sequence.
     fn generate_batch(
         &self,
         prompts: &[&[u32]],
         max_new_tokens: usize,
         stop_sequences: &[String],
     ) -> Result<Vec<Vec<u32>>, EvalError> {
-        let b = prompts.len();
-        let t0 = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
-        let pad = self.model.config().pad_token_id.unwrap_or(0);
-        let mut ids = Vec::with_capacity(b * t0);
-        let mut valid = Vec::with_capacity(b * t0);
-        for p in prompts {
-            ids.extend(std::iter::repeat_n(pad, t0 - p.len()).chain(p.iter().copied()));
-            valid.extend(
-                std::iter::repeat_n(false, t0 - p.len()).chain(std::iter::repeat_n(true, p.len())),
-            );
-        }
-        let layout = TokenLayout::new(b, t0, valid, vec![0; b * t0])
-            .map_err(seqtopk_model::ModelError::from)?;
-        let mut state = self.model.new_decode_state(b);
-        let positions = default_positions(&layout);
-        let out =
-            self.model
-                .forward_with(&ids, &layout, &positions, Some(&mut state), self.device)?;
-        let mut next = argmax_last(out.logits)?;
-        let mut next_pos: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
-        let mut generated = vec![Vec::with_capacity(max_new_tokens); b];
-        let mut done = vec![false; b];
+        let prompts: Vec<Vec<u32>> = prompts.iter().map(|p| p.to_vec()).collect();
+        let config = GenerationConfig::greedy(max_new_tokens, &self.stop_ids);
+        let mut generator = self.model.generator(&prompts, &config, self.device)?;
         let check_text = stop_sequences.iter().any(|s| !s.is_empty());
-        for step in 0..max_new_tokens {
-            for row in 0..b {
-                if done[row] {
+        while generator.step()?.is_some() {
+            if !check_text {
+                continue;
+            }
+            for row in 0..prompts.len() {
+                if generator.finish_reasons()[row].is_some() {
                     continue;
                 }
-                generated[row].push(next[row]);
-                done[row] = self.stop_ids.contains(&next[row])
-                    || (check_text && {
-                        let text = self.decode(&generated[row])?;
-                        stop_sequences
-                            .iter()
-                            .any(|s| !s.is_empty() && text.contains(s.as_str()))
-                    });
+                let text = self.decode(&generator.tokens()[row])?;
+                if stop_sequences
+                    .iter()
+                    .any(|s| !s.is_empty() && text.contains(s.as_str()))
+                {
+                    generator.finish_row(row, FinishReason::Stop)?;
+                }
             }
-            if step + 1 == max_new_tokens || done.iter().all(|&d| d) {
-                break;
-            }
-            let input: Vec<u32> = (0..b)
-                .map(|r| if done[r] { pad } else { next[r] })
-                .collect();
-            let layout = TokenLayout::dense(b, 1);
-            let out = self.model.forward_with(
-                &input,
-                &layout,
-                &next_pos,
-                Some(&mut state),
-                self.device,
-            )?;
-            for p in &mut next_pos {
-                *p += 1;
-            }
-            next = argmax_last(out.logits)?;
         }
-        Ok(generated)
+        Ok(generator.into_generated().tokens)
     }
-}
-
-fn argmax_last(logits: Tensor<3>) -> Result<Vec<u32>, EvalError> {
-    let [b, t, v] = logits.dims();
-    let ids = logits
-        .narrow(1, t - 1, 1)
-        .reshape([b, v])
-        .argmax(1)
-        .reshape([b])
-        .into_data()
-        .try_into_vec_as::<i64>()
-        .map_err(|e| EvalError::Readback(format!("{e:?}")))?;
-    Ok(ids.into_iter().map(|i| i as u32).collect())
 }
