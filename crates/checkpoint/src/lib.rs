@@ -19,6 +19,7 @@ mod dtype;
 mod hf;
 mod inspect;
 pub mod native;
+pub mod peft;
 mod staging;
 mod upcycle;
 

@@ -42,6 +42,34 @@ enum ConvertCommand {
     Inspect(InspectArgs),
     /// Largest |Δ logit| between two checkpoints on a few prompts.
     Compare(CompareArgs),
+    /// Base checkpoint + LoRA adapter (PEFT format, e.g. a run's final/adapter) → one model
+    /// with the adapter folded into its weights.
+    Merge(MergeArgs),
+}
+
+/// `convert merge`.
+#[derive(Debug, Args)]
+struct MergeArgs {
+    /// Base checkpoint directory (HF or native) the adapter was trained on.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Adapter directory (adapter_config.json + adapter_model.safetensors).
+    #[arg(long)]
+    adapter: PathBuf,
+    /// Native output directory.
+    #[arg(long, required_unless_present = "hf_out")]
+    out: Option<PathBuf>,
+    /// Hugging Face output directory.
+    #[arg(long)]
+    hf_out: Option<PathBuf>,
+    /// Storage dtype (default: the base checkpoint's).
+    #[arg(long)]
+    dtype: Option<StorageDtype>,
+    /// Replace existing outputs.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 /// `convert import`.
@@ -166,6 +194,7 @@ pub fn run(args: ConvertArgs) -> Result<()> {
         ConvertCommand::Upcycle(a) => run_upcycle(a),
         ConvertCommand::Inspect(a) => run_inspect(a),
         ConvertCommand::Compare(a) => run_compare(a),
+        ConvertCommand::Merge(a) => run_merge(a),
     }
 }
 
@@ -236,14 +265,10 @@ fn run_upcycle(args: UpcycleArgs) -> Result<()> {
             PathBuf::from("checkpoints").join(format!("{name}-e{}k{}", args.experts, args.top_k))
         }
     };
-    for path in std::iter::once(&out).chain(args.hf_out.as_ref()) {
-        if !args.force && path.symlink_metadata().is_ok() {
-            bail!(
-                "{} already exists; pass --force to replace it",
-                path.display()
-            );
-        }
-    }
+    refuse_existing(
+        std::iter::once(&out).chain(args.hf_out.as_ref()),
+        args.force,
+    )?;
     let start = Instant::now();
     let dense = load(&args.hf, &device)
         .with_context(|| format!("loading the dense checkpoint {}", args.hf.display()))?;
@@ -300,6 +325,79 @@ fn run_upcycle(args: UpcycleArgs) -> Result<()> {
         "dense_parameter_count": dense.model.num_params(),
         "parameter_count": manifest.parameter_count,
         "load_seconds": loaded_s,
+        "seconds": start.elapsed().as_secs_f64(),
+    }))
+}
+
+/// Refuses to start when an output exists and `--force` was not given.
+fn refuse_existing<'a>(outputs: impl IntoIterator<Item = &'a PathBuf>, force: bool) -> Result<()> {
+    for path in outputs {
+        if !force && path.symlink_metadata().is_ok() {
+            bail!(
+                "{} already exists; pass --force to replace it",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn run_merge(args: MergeArgs) -> Result<()> {
+    refuse_existing(args.out.iter().chain(&args.hf_out), args.force)?;
+    let device = args.device.device()?;
+    let start = Instant::now();
+    let base = load(&args.checkpoint, &device)
+        .with_context(|| format!("loading the base checkpoint {}", args.checkpoint.display()))?;
+    let (adapted, spec) = seqtopk_checkpoint::peft::load_adapter(base.model, &args.adapter)
+        .with_context(|| {
+            format!(
+                "applying the adapter {} to {}",
+                args.adapter.display(),
+                args.checkpoint.display()
+            )
+        })?;
+    let adapters = adapted.clone().lora_factors().len();
+    let merged = adapted.merge_lora();
+    let dtype = args.dtype.unwrap_or(base.dtype);
+    if let Some(out) = &args.out {
+        let source = format!(
+            "merge: {} + adapter {}",
+            args.checkpoint.display(),
+            args.adapter.display()
+        );
+        save_native(
+            &merged,
+            &base.hf_config,
+            Some(&args.checkpoint),
+            out,
+            &SaveOptions {
+                dtype,
+                source,
+                force: args.force,
+            },
+        )?;
+    }
+    if let Some(hf_out) = &args.hf_out {
+        export_hf(
+            &merged,
+            &base.hf_config,
+            Some(&args.checkpoint),
+            hf_out,
+            &ExportOptions {
+                dtype,
+                force: args.force,
+                ..ExportOptions::default()
+            },
+        )?;
+    }
+    print(json!({
+        "out": args.out,
+        "hf_out": args.hf_out,
+        "adapters": adapters,
+        "rank": spec.rank,
+        "lora_alpha": spec.alpha,
+        "modules_to_save": spec.modules_to_save,
+        "dtype": dtype.name(),
         "seconds": start.elapsed().as_secs_f64(),
     }))
 }

@@ -148,9 +148,10 @@ fn eval_only(trainer: &mut Trainer, recipe: &Recipe, origin: &str, args: &TrainA
     Ok(())
 }
 
-/// f32 weights, gradients and both AdamW moments; a half-precision run adds its 2-byte copy.
-fn training_bytes(params: usize, half: bool) -> f64 {
-    params as f64 * if half { 18.0 } else { 16.0 }
+/// f32 weights of every parameter, gradients and both AdamW moments of the trainable ones; a
+/// half-precision run adds a 2-byte copy of every weight.
+fn training_bytes(params: usize, trainable: usize, half: bool) -> f64 {
+    params as f64 * if half { 6.0 } else { 4.0 } + trainable as f64 * 12.0
 }
 
 /// `--dry-run`: the resolved recipe and the run's cost. When the run cannot be built here (a
@@ -172,7 +173,7 @@ fn dry_run(recipe: &Recipe, origin: &str) -> Result<()> {
             println!("tokens_total = {}", budget.total_tokens);
             println!(
                 "training_memory_gb = {:.1} # weights, gradients, AdamW state; activations extra",
-                training_bytes(budget.params_trainable, half) / 1e9
+                training_bytes(budget.params_total, budget.params_trainable, half) / 1e9
             );
             return Ok(());
         }
@@ -188,7 +189,7 @@ fn dry_run(recipe: &Recipe, origin: &str) -> Result<()> {
             println!("parameters_total = {params} # counted from {from}");
             println!(
                 "training_memory_gb = {:.1} # weights, gradients, AdamW state, nothing frozen; activations extra",
-                training_bytes(params, half) / 1e9
+                training_bytes(params, params, half) / 1e9
             );
         }
         Err(why) => println!("# parameters unknown: {why}"),

@@ -17,6 +17,7 @@ use burn::tensor::activation::silu;
 use burn::tensor::{DType, Device, IndexingUpdateOp, Int, Tensor, TensorData};
 use seqtopk_router::RoutingPlan;
 
+use crate::lora::LoraFactors;
 use crate::weights::transpose;
 
 /// The routed experts of one MoE layer: `down(silu(x·gate) ⊙ x·up)` per expert, stacked.
@@ -109,7 +110,7 @@ impl Experts {
 
     /// Experts `E`.
     pub fn num_experts(&self) -> usize {
-        self.gate_up.val().dims()[0]
+        self.gate_up.base().dims()[0]
     }
 
     /// Every expert on every row, `[N, H]` → `[E, N, H]`: the dense reference the sparse
@@ -152,7 +153,7 @@ impl Experts {
             ],
             0,
         );
-        let training = x.is_tracked() || self.gate_up.val().is_tracked();
+        let training = x.is_tracked() || tracked(&self.gate_up) || tracked(&self.down);
         let [_, h] = x.dims();
         for tier in plan_tiers(&counts, training) {
             let (s, c) = (tier.experts.len(), tier.capacity);
@@ -167,16 +168,13 @@ impl Experts {
                 .unzip();
             let rows = int_tensor(rows, &device);
             let xg = x.clone().select(0, rows.clone()).reshape([s, c, h]);
-            let (gate_up, down) = if tier.all_experts {
-                (self.gate_up.val(), self.down.val())
-            } else {
-                let which = int_tensor(tier.experts.iter().map(|&e| e as i64).collect(), &device);
-                (
-                    self.gate_up.val().select(0, which.clone()),
-                    self.down.val().select(0, which),
-                )
-            };
-            let out = self.swiglu(xg, gate_up, down).reshape([s * c, h]);
+            let which = (!tier.all_experts)
+                .then(|| int_tensor(tier.experts.iter().map(|&e| e as i64).collect(), &device));
+            let i = self.down.base().dims()[1];
+            let gu = project(&self.gate_up, xg, which.as_ref());
+            let gate = gu.clone().narrow(2, 0, i);
+            let up = gu.narrow(2, i, i);
+            let out = project(&self.down, silu(gate) * up, which.as_ref()).reshape([s * c, h]);
             let w = weights
                 .clone()
                 .select(0, int_tensor(slot_index, &device))
@@ -189,6 +187,28 @@ impl Experts {
         }
         y
     }
+}
+
+/// `x · W` for the experts `which` (all when `None`) of a stacked weight `W` `[E, in, out]`,
+/// plus its LoRA term `s·(x·A)·B` computed on the activations, so that no adapted copy of `W`
+/// is materialised (and kept for the backward pass).
+fn project(param: &Param<Tensor<3>>, x: Tensor<3>, which: Option<&Tensor<1, Int>>) -> Tensor<3> {
+    let w = match which {
+        None => param.base(),
+        Some(which) => param.base().select(0, which.clone()),
+    };
+    match param.reparameterization::<LoraFactors>() {
+        None => x.matmul(w),
+        Some(lora) => x.clone().matmul(w) + lora.on_activations(x, which),
+    }
+}
+
+/// Whether gradients flow into a stacked weight (its base or its LoRA factors).
+fn tracked(param: &Param<Tensor<3>>) -> bool {
+    param.base().is_tracked()
+        || param
+            .reparameterization::<LoraFactors>()
+            .is_some_and(|f| f.a.val().is_tracked())
 }
 
 /// One batched pass of the dispatch: `experts` (ascending) each run on `capacity` rows, taking

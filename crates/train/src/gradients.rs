@@ -24,6 +24,8 @@ pub struct ParamEntry {
     pub numel: usize,
     /// Tensor rank.
     pub rank: usize,
+    /// Whether it takes gradients (LoRA freezes the base).
+    pub trainable: bool,
 }
 
 impl ParamPaths {
@@ -84,7 +86,8 @@ impl ModuleVisitor for ParamPaths {
         self.entries.push(ParamEntry {
             path: self.stack.join("."),
             id: param.id,
-            numel: param.val().shape().num_elements(),
+            numel: param.base().shape().num_elements(),
+            trainable: param.base().is_require_grad(),
             rank: D,
         });
     }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use seqtopk_backend::Backend;
 use seqtopk_data::DataConfig;
+use seqtopk_model::LoraSpec;
 use seqtopk_router::RouterConfig;
 use serde::{Deserialize, Serialize};
 
@@ -68,6 +69,94 @@ pub struct Recipe {
     pub loss_scale: Option<LossScaleSection>,
     /// Length and cadences.
     pub train: TrainSection,
+    /// LoRA fine-tuning: base frozen, adapters (and `modules_to_save`) trained.
+    #[serde(default)]
+    pub lora: Option<LoraSection>,
+}
+
+/// LoRA adapters with Hugging Face PEFT's meaning (see `seqtopk_model::LoraSpec`); the run's
+/// export carries them as a PEFT adapter directory beside the merged model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSection {
+    /// Rank of every adapter.
+    #[serde(default = "default_lora_rank")]
+    pub r: usize,
+    /// `lora_alpha` (default `2·r`, LLaMA-Factory's choice): the update is `alpha/r · A·B`.
+    #[serde(default)]
+    pub alpha: Option<f64>,
+    /// Dropout on the adapter's input; only 0 (adapters are folded into the weights).
+    #[serde(default)]
+    pub dropout: f64,
+    /// rsLoRA scaling `alpha/√r`.
+    #[serde(default)]
+    pub use_rslora: bool,
+    /// Linear modules to adapt, by HF name.
+    #[serde(default = "default_lora_modules")]
+    pub target_modules: Vec<String>,
+    /// Stacked expert parameters to adapt.
+    #[serde(default = "default_lora_parameters")]
+    pub target_parameters: Vec<String>,
+    /// Modules trained in full (the router `gate` by default: SeqTopK fine-tuning moves it).
+    #[serde(default = "default_modules_to_save")]
+    pub modules_to_save: Vec<String>,
+}
+
+fn default_lora_rank() -> usize {
+    8
+}
+
+fn default_lora_modules() -> Vec<String> {
+    ["q_proj", "k_proj", "v_proj", "o_proj"]
+        .map(String::from)
+        .to_vec()
+}
+
+fn default_lora_parameters() -> Vec<String> {
+    ["gate_up_proj", "down_proj"].map(String::from).to_vec()
+}
+
+fn default_modules_to_save() -> Vec<String> {
+    vec!["gate".into()]
+}
+
+impl LoraSection {
+    /// The adapters this section asks for.
+    pub fn spec(&self) -> LoraSpec {
+        LoraSpec {
+            rank: self.r,
+            alpha: self.alpha.unwrap_or(2.0 * self.r as f64),
+            use_rslora: self.use_rslora,
+            target_modules: self.target_modules.clone(),
+            target_parameters: self.target_parameters.clone(),
+            modules_to_save: self.modules_to_save.clone(),
+            rank_pattern: Vec::new(),
+            alpha_pattern: Vec::new(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.r == 0 {
+            return Err("lora.r: expected a rank of at least 1".into());
+        }
+        if let Some(a) = self.alpha
+            && !(a.is_finite() && a > 0.0)
+        {
+            return Err(format!("lora.alpha: expected a positive number, got {a}"));
+        }
+        if self.dropout != 0.0 {
+            return Err(format!(
+                "lora.dropout: got {}, but adapters are added to the weights they adapt \
+                 (W + s·A·B, as PEFT does for stacked experts), so dropout on their input is not \
+                 available; use 0",
+                self.dropout
+            ));
+        }
+        if self.target_modules.is_empty() && self.target_parameters.is_empty() {
+            return Err("lora: target_modules and target_parameters are both empty".into());
+        }
+        Ok(())
+    }
 }
 
 fn default_devices() -> Vec<usize> {
@@ -252,7 +341,15 @@ impl Recipe {
 
     /// The resolved recipe as TOML (what `--dry-run` prints and checkpoints keep).
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+        let rendered = toml::Table::try_from(self).and_then(|mut table| {
+            // Derived from `batch.micro_batch_size`; a recipe may not set it itself, so the
+            // rendered recipe (a checkpoint's recipe.toml) stays one `--recipe` accepts.
+            if let Some(toml::Value::Table(data)) = table.get_mut("data") {
+                data.remove("batch_size");
+            }
+            toml::to_string_pretty(&table)
+        });
+        rendered.unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
 
     /// Output directory.
@@ -290,6 +387,9 @@ impl Recipe {
         }
         if self.devices.is_empty() {
             return Err("devices: expected at least one device index".into());
+        }
+        if let Some(lora) = &self.lora {
+            lora.validate()?;
         }
         if let Some(d) = self
             .devices
@@ -444,5 +544,14 @@ mod tests {
     fn default_recipe_is_valid() {
         let r = Recipe::parse(DEFAULT_RECIPE, DEFAULT_RECIPE_NAME, &[]).unwrap();
         assert_eq!(r.data.batch_size, r.batch.micro_batch_size);
+    }
+
+    /// A checkpoint's recipe.toml is the rendered recipe: it must read back as the same recipe.
+    #[test]
+    fn a_rendered_recipe_reads_back_the_same() {
+        let sets = ["batch.micro_batch_size=3".to_string(), "lora.r=4".into()];
+        let r = Recipe::parse(DEFAULT_RECIPE, DEFAULT_RECIPE_NAME, &sets).unwrap();
+        let again = Recipe::parse(&r.to_toml(), "rendered", &[]).unwrap();
+        assert_eq!(again, r);
     }
 }

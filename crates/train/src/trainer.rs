@@ -137,6 +137,19 @@ impl Trainer {
                 message: e.to_string(),
             })?;
         }
+        if let Some(lora) = &recipe.lora {
+            let seed =
+                seqtopk_data::rng::derive_seed(recipe.seed, &[seqtopk_data::rng::fnv1a(b"lora")]);
+            let (adapted, sites) =
+                model
+                    .with_lora(&lora.spec(), seed)
+                    .map_err(|e| TrainError::Recipe {
+                        origin: "lora".into(),
+                        message: e.to_string(),
+                    })?;
+            tracing::info!(adapters = sites.len(), rank = lora.r, "LoRA: base frozen");
+            model = adapted;
+        }
         let paths = ParamPaths::of(&model);
         let unmatched = paths.unmatched(&recipe.optimizer.freeze);
         if !unmatched.is_empty() {
@@ -206,11 +219,11 @@ impl Trainer {
     /// What the run costs.
     pub fn budget(&self) -> Budget {
         let params_total = self.paths.num_params();
-        let frozen: usize = self
+        let trainable: usize = self
             .paths
             .entries()
             .iter()
-            .filter(|e| self.frozen.contains(&e.id))
+            .filter(|e| e.trainable && !self.frozen.contains(&e.id))
             .map(|e| e.numel)
             .sum();
         let c = self.model.config();
@@ -230,7 +243,7 @@ impl Trainer {
         Budget {
             params_total,
             params_active,
-            params_trainable: params_total - frozen,
+            params_trainable: trainable,
             steps: self.total_steps,
             tokens_per_step,
             total_tokens: tokens_per_step as u64 * self.total_steps,
@@ -598,6 +611,8 @@ impl Trainer {
 
     /// Exports the current model as a native checkpoint (what `eval`, `generate` and
     /// `convert export` read); its config.json records the recipe's routing, which they apply.
+    /// A LoRA run exports the merged model and its adapter in PEFT's format under
+    /// `out/adapter`.
     pub fn export(&self, out: &Path) -> Result<PathBuf, TrainError> {
         let options = seqtopk_checkpoint::SaveOptions {
             source: format!(
@@ -611,17 +626,36 @@ impl Trainer {
         if let Some(router) = &self.recipe.router {
             seqtopk_checkpoint::record_routing(&mut config, router);
         }
+        let merged = self
+            .recipe
+            .lora
+            .as_ref()
+            .map(|_| self.model.clone().merge_lora());
+        let failed = |path: PathBuf| {
+            move |e: seqtopk_checkpoint::CheckpointError| TrainError::Checkpoint {
+                path,
+                message: e.to_string(),
+            }
+        };
         seqtopk_checkpoint::save_native(
-            &self.model,
+            merged.as_ref().unwrap_or(&self.model),
             &config,
             self.tokenizer_dir.as_deref(),
             out,
             &options,
         )
-        .map_err(|e| TrainError::Checkpoint {
-            path: out.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        .map_err(failed(out.to_path_buf()))?;
+        if let Some(lora) = &self.recipe.lora {
+            let dir = out.join("adapter");
+            let base = self
+                .recipe
+                .model
+                .checkpoint
+                .as_ref()
+                .map_or(String::new(), |p| p.display().to_string());
+            seqtopk_checkpoint::peft::save_adapter(&self.model, &lora.spec(), &base, &dir, true)
+                .map_err(failed(dir.clone()))?;
+        }
         Ok(out.to_path_buf())
     }
 

@@ -1,0 +1,322 @@
+//! LoRA through the binary: `train` with a `[lora]` table trains only the adapters and the router
+//! gate, resumes exactly and exports the merged model with a PEFT adapter; `convert merge` folds
+//! an adapter PEFT made into its base as PEFT's `merge_and_unload` does.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use burn::store::{BurnpackStore, ModuleSnapshot};
+use burn::tensor::Device;
+use safetensors::SafeTensors;
+use seqtopk_model::{MoeTransformer, MoeTransformerConfig};
+use seqtopk_router::TokenLayout;
+use seqtopk_train::Recipe;
+use support::{failure, fixture, ok_json, repo_root, scratch, text};
+
+/// The tiny recipe, shrunk, with LoRA rank 4 on attention and experts (the defaults).
+fn lora_run(out: &Path, steps: u64, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "train",
+        "--recipe",
+        "recipes/tiny-seqtopk-math.toml",
+        "--no-progress",
+        "--set",
+        "data.seq_len=64",
+        "--set",
+        "batch.micro_batch_size=2",
+        "--set",
+        "train.eval_every=0",
+        "--set",
+        "train.checkpoint_every=2",
+        "--set",
+        "schedule.warmup_steps=1",
+        "--set",
+        "lora.r=4",
+    ]
+    .map(String::from)
+    .to_vec();
+    for set in [
+        format!("train.steps={steps}"),
+        format!("output_dir=\"{}\"", out.display()),
+    ]
+    .into_iter()
+    .chain(extra.iter().map(|e| e.to_string()))
+    {
+        args.push("--set".into());
+        args.push(set);
+    }
+    args
+}
+
+fn run(args: &[String]) -> Output {
+    support::command(args)
+        .current_dir(repo_root())
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("the binary runs")
+}
+
+/// The model of a from-scratch recipe, seeded as `train` seeds it.
+fn scratch_model(recipe: &Recipe) -> MoeTransformer {
+    let json = serde_json::to_string(recipe.model.config.as_ref().unwrap()).unwrap();
+    let config = MoeTransformerConfig::from_json_str(&json, "recipe").unwrap();
+    MoeTransformer::init(&config, recipe.seed, &Device::flex()).unwrap()
+}
+
+/// Every tensor of a checkpoint's `model.bpk` (base weights and LoRA factors), by module path.
+fn weights(checkpoint: &Path) -> Vec<(String, Vec<u8>)> {
+    let recipe = Recipe::from_file(&checkpoint.join("recipe.toml"), &[]).unwrap();
+    let spec = recipe.lora.as_ref().unwrap().spec();
+    let (mut model, _) = scratch_model(&recipe).with_lora(&spec, 1).unwrap();
+    let result = model
+        .load_from(&mut BurnpackStore::from_file(checkpoint.join("model.bpk")))
+        .unwrap();
+    assert!(
+        result.missing.is_empty() && result.errors.is_empty(),
+        "{result:?}"
+    );
+    let mut all: Vec<(String, Vec<u8>)> = model
+        .collect(None, None, false)
+        .into_iter()
+        .map(|t| (t.name.clone(), t.to_bytes().unwrap().to_vec()))
+        .collect();
+    all.sort();
+    all
+}
+
+fn checkpoint(out: &Path, step: u64) -> PathBuf {
+    out.join("checkpoints").join(format!("step-{step:06}"))
+}
+
+/// Logits of the real positions of a two-row padded batch.
+fn logits(model: &MoeTransformer) -> Vec<f32> {
+    let vocab = model.config().vocab_size as u32;
+    let ids: Vec<u32> = (0..2 * 9).map(|i| (i * 37 + 11) % vocab).collect();
+    let layout = TokenLayout::from_lengths(9, &[9, 6]).unwrap();
+    let all = model
+        .forward(&ids, &layout, &Device::flex())
+        .unwrap()
+        .logits
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .unwrap();
+    all.chunks(vocab as usize)
+        .zip(layout.valid())
+        .filter(|(_, v)| **v)
+        .flat_map(|(row, _)| row.to_vec())
+        .collect()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Only the adapters and the router gate move; the run resumes bit-identically; the export is
+/// the merged model plus an adapter that, applied to the same base, gives the same logits.
+#[test]
+fn lora_trains_the_adapters_and_the_gate_only() {
+    let out = scratch("lora-run");
+    let res = run(&lora_run(&out, 4, &[]));
+    assert!(res.status.success(), "{}", text(&res));
+    assert!(text(&res).contains("LoRA: base frozen"), "{}", text(&res));
+    let (at2, at4) = (weights(&checkpoint(&out, 2)), weights(&checkpoint(&out, 4)));
+    let changed: Vec<&str> = at2
+        .iter()
+        .zip(&at4)
+        .filter(|(a, b)| a.1 != b.1)
+        .map(|(a, _)| a.0.as_str())
+        .collect();
+    let moved_base: Vec<&&str> = changed
+        .iter()
+        .filter(|p| !p.contains(".lora.") && !p.ends_with("Moe.gate.weight"))
+        .collect();
+    assert!(
+        moved_base.is_empty(),
+        "frozen weights changed: {moved_base:?}"
+    );
+    for part in [
+        "q_proj.weight.lora.b",
+        "gate_up.lora.b",
+        "down.lora.a",
+        "Moe.gate.weight",
+    ] {
+        assert!(
+            changed.iter().any(|p| p.contains(part)),
+            "{part} did not train: {changed:?}"
+        );
+    }
+
+    // Resume from step 2 reproduces step 4 exactly.
+    let resumed = scratch("lora-resumed");
+    let copy = std::process::Command::new("cp")
+        .args([
+            "-r",
+            &format!("{}/.", out.display()),
+            &resumed.display().to_string(),
+        ])
+        .status()
+        .unwrap();
+    assert!(copy.success());
+    std::fs::remove_dir_all(checkpoint(&resumed, 4)).unwrap();
+    std::fs::remove_dir_all(resumed.join("final")).unwrap();
+    let mut args = lora_run(&resumed, 4, &[]);
+    args.push("--resume".into());
+    let res = run(&args);
+    assert!(res.status.success(), "{}", text(&res));
+    assert!(
+        at4 == weights(&checkpoint(&resumed, 4)),
+        "resumed LoRA run differs"
+    );
+
+    // The export: merged weights, and a PEFT adapter that rebuilds them from the base.
+    let final_dir = out.join("final");
+    let merged = seqtopk_checkpoint::load(&final_dir, &Device::flex())
+        .unwrap()
+        .model;
+    let recipe = Recipe::from_file(&checkpoint(&out, 4).join("recipe.toml"), &[]).unwrap();
+    let base = scratch_model(&recipe);
+    let before = max_diff(&logits(&base), &logits(&merged));
+    assert!(before > 1e-3, "training changed nothing ({before})");
+    let (mut adapted, spec) =
+        seqtopk_checkpoint::peft::load_adapter(base, &final_dir.join("adapter")).unwrap();
+    // The export records the recipe's SeqTopK routing, which `load` applied.
+    adapted
+        .set_routing(recipe.router.as_ref().unwrap())
+        .unwrap();
+    assert_eq!(spec.rank, 4);
+    assert_eq!(spec.alpha, 8.0);
+    let err = max_diff(&logits(&adapted), &logits(&merged));
+    assert!(err < 1e-5, "adapter + base vs merged export: {err}");
+    for dir in [out, resumed] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+/// `--dry-run` counts what LoRA trains: per layer r·(in + out) for q, k, v, o (64 → 64),
+/// E·r·(in + out) for the experts' gate/up (64 → 192) and down (96 → 64), and the router gate.
+#[test]
+fn dry_run_counts_the_trainable_adapters() {
+    let out = scratch("lora-dry");
+    let mut args = lora_run(&out, 4, &[]);
+    args.push("--dry-run".into());
+    let res = run(&args);
+    assert!(res.status.success(), "{}", text(&res));
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    let per_layer = 4 * 4 * (64 + 64) + 8 * 4 * (64 + 192) + 8 * 4 * (96 + 64) + 64 * 8;
+    assert!(
+        stdout.contains(&format!("parameters_trainable = {}\n", 2 * per_layer)),
+        "{stdout}"
+    );
+    assert!(stdout.contains("[lora]"), "{stdout}");
+}
+
+#[test]
+fn bad_lora_tables_name_the_field() {
+    let out = scratch("lora-bad");
+    for (set, expected) in [
+        ("lora.target_modules=[\"qproj\"]", "qproj"),
+        ("lora.target_parameters=[\"experts.up\"]", "experts.up"),
+        ("lora.modules_to_save=[\"router\"]", "router"),
+        ("lora.dropout=0.1", "lora.dropout"),
+        ("lora.r=0", "lora.r"),
+        ("lora.rank=4", "rank"),
+    ] {
+        let mut args = lora_run(&out, 2, &[set]);
+        args.push("--dry-run".into());
+        let e = failure(&run(&args));
+        assert!(e.contains(expected), "{set}: {e}");
+    }
+}
+
+/// The golden batch of a fixture and PEFT's logits for it.
+fn golden(dir: &Path, key: &str) -> (Vec<u32>, TokenLayout, Vec<f32>) {
+    let bytes = std::fs::read(dir.join("golden.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let (shape, ids) = support::i64s(&st, "input_ids");
+    let (_, mask) = support::i64s(&st, "attention_mask");
+    let valid: Vec<bool> = mask.iter().map(|&m| m == 1).collect();
+    let layout = TokenLayout::new(shape[0], shape[1], valid, vec![0; ids.len()]).unwrap();
+    let ids = ids.iter().map(|&i| i as u32).collect();
+    (ids, layout, support::f32s(&st, key).1)
+}
+
+fn golden_error(checkpoint: &Path, adapter: &Path) -> f32 {
+    let model = seqtopk_checkpoint::load(checkpoint, &Device::flex())
+        .unwrap()
+        .model;
+    let (ids, layout, expected) = golden(adapter, "merged_logits");
+    let ours = model
+        .forward(&ids, &layout, &Device::flex())
+        .unwrap()
+        .logits
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .unwrap();
+    let vocab = model.config().vocab_size;
+    ours.chunks(vocab)
+        .zip(expected.chunks(vocab))
+        .zip(layout.valid())
+        .filter(|(_, v)| **v)
+        .map(|((a, b), _)| max_diff(a, b))
+        .fold(0.0, f32::max)
+}
+
+/// `convert merge` of an adapter PEFT wrote gives PEFT's merged logits, natively and as an HF
+/// directory; it refuses to overwrite, and names the adapter that does not fit.
+#[test]
+fn convert_merge_folds_a_peft_adapter_as_peft_does() {
+    let dir = scratch("merge");
+    let (out, hf_out) = (dir.join("native"), dir.join("hf"));
+    let adapter = fixture("qwen2_moe-tiny-sharded-lora");
+    let args = |extra: &[&str]| {
+        let mut a = vec![
+            "convert".to_string(),
+            "merge".into(),
+            "--checkpoint".into(),
+            fixture("qwen2_moe-tiny-sharded").display().to_string(),
+            "--adapter".into(),
+            adapter.display().to_string(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let o = out.display().to_string();
+    let h = hf_out.display().to_string();
+    let report = ok_json(&run(&args(&["--out", &o, "--hf-out", &h])));
+    assert_eq!(report["rank"], 4);
+    for written in [&out, &hf_out] {
+        let err = golden_error(written, &adapter);
+        assert!(
+            err < 1e-4,
+            "{}: merged logits off by {err}",
+            written.display()
+        );
+    }
+    let e = failure(&run(&args(&["--out", &o])));
+    assert!(e.contains("already exists"), "{e}");
+    let e = failure(&run(&args(&[])));
+    assert!(e.contains("--out"), "{e}");
+    let wrong = vec![
+        "convert".to_string(),
+        "merge".into(),
+        "--checkpoint".into(),
+        fixture("olmoe-tiny").display().to_string(),
+        "--adapter".into(),
+        fixture("mixtral-tiny-lora").display().to_string(),
+        "--out".into(),
+        dir.join("wrong").display().to_string(),
+    ];
+    let e = failure(&run(&wrong));
+    assert!(
+        e.contains("mixtral-tiny-lora") && e.contains("shape"),
+        "{e}"
+    );
+    assert!(!dir.join("wrong").exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -1,0 +1,594 @@
+//! LoRA adapters with Hugging Face PEFT's meaning, on Burn's parameter reparameterization.
+//!
+//! An adapted weight keeps its frozen base and gains two trainable factors, so its effective
+//! value is `W + s·A·B` (input-major, as Burn stores weights). Burn materialises that value in
+//! [`Param::val`], so attention, dense MLPs and the router need no code of their own; the routed
+//! experts instead add `s·(x·A)·B` on their activations ([`Experts::forward`]), which keeps no
+//! second copy of the (large) expert tensors alive for the backward pass.
+//!
+//! Targets are named as PEFT names them, by Hugging Face path: a `target_modules` entry selects
+//! the linear modules whose path equals it or ends in `.entry` (`q_proj`, `self_attn.o_proj`,
+//! `shared_expert.down_proj`); a `target_parameters` entry selects stacked expert parameters the
+//! same way (`gate_up_proj`, `layers.3.mlp.experts.down_proj`). `modules_to_save` entries are
+//! trained in full and match, as in PEFT, any module path that ends with them (`gate` selects
+//! the router, and Qwen2-MoE's `shared_expert_gate` too).
+
+use burn::module::{Module, Param, Reparameterization, Reparameterizer};
+use burn::nn::{Embedding, Linear};
+use burn::tensor::{Device, Tensor, TensorData};
+use seqtopk_rng::SplitMix64;
+
+use crate::model::{Ffn, MoeTransformer};
+use crate::{Experts, ModelError, SwiGlu};
+
+/// The trainable factors of one adapted weight: `ΔW_e = scale · a_e · b_e` for each of the `E`
+/// stacked matrices (`E = 1` for a linear layer).
+#[derive(Module, Debug)]
+pub struct LoraFactors {
+    /// `[E, in, r]` (PEFT `lora_A`, transposed per expert).
+    pub a: Param<Tensor<3>>,
+    /// `[E, r, out]` (PEFT `lora_B`, transposed per expert).
+    pub b: Param<Tensor<3>>,
+    /// `alpha / r` (or `alpha / √r` with rsLoRA).
+    pub scale: f64,
+}
+
+impl Reparameterization for LoraFactors {
+    const NAME: &'static str = "lora";
+
+    fn apply<const D: usize>(&self, base: Tensor<D>) -> Tensor<D> {
+        let delta = self.delta();
+        let delta = if delta.dtype() == base.dtype() {
+            delta
+        } else {
+            delta.cast(base.dtype())
+        };
+        let shape = base.shape();
+        base + delta.reshape(shape)
+    }
+}
+
+impl LoraFactors {
+    /// `scale · a · b`, `[E, in, out]`.
+    pub fn delta(&self) -> Tensor<3> {
+        self.a.val().matmul(self.b.val()).mul_scalar(self.scale)
+    }
+
+    /// `s·(x·a)·b` for `x` `[E, N, in]`, with the factors of `experts` (all when `None`).
+    pub fn on_activations(
+        &self,
+        x: Tensor<3>,
+        experts: Option<&Tensor<1, burn::tensor::Int>>,
+    ) -> Tensor<3> {
+        let (a, b) = match experts {
+            None => (self.a.val(), self.b.val()),
+            Some(which) => (
+                self.a.val().select(0, which.clone()),
+                self.b.val().select(0, which.clone()),
+            ),
+        };
+        let dtype = x.dtype();
+        let (a, b) = if a.dtype() == dtype {
+            (a, b)
+        } else {
+            (a.cast(dtype), b.cast(dtype))
+        };
+        x.matmul(a).matmul(b).mul_scalar(self.scale)
+    }
+
+    /// Rank `r`.
+    pub fn rank(&self) -> usize {
+        self.a.val().dims()[2]
+    }
+}
+
+/// What to adapt and how (a recipe's `[lora]` table, or a PEFT `adapter_config.json`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraSpec {
+    /// Rank `r` of every adapter.
+    pub rank: usize,
+    /// `lora_alpha`.
+    pub alpha: f64,
+    /// rsLoRA scaling `alpha / √r` instead of `alpha / r`.
+    pub use_rslora: bool,
+    /// Linear modules to adapt, by HF module name (PEFT `target_modules`).
+    pub target_modules: Vec<String>,
+    /// Stacked expert parameters to adapt (PEFT `target_parameters`): `gate_up_proj`,
+    /// `down_proj`, or longer suffixes such as `layers.3.mlp.experts.down_proj`.
+    pub target_parameters: Vec<String>,
+    /// Modules trained in full, by HF path suffix.
+    pub modules_to_save: Vec<String>,
+    /// PEFT `rank_pattern`: regex keys giving matching sites another rank.
+    pub rank_pattern: Vec<(String, usize)>,
+    /// PEFT `alpha_pattern`: regex keys giving matching sites another alpha.
+    pub alpha_pattern: Vec<(String, f64)>,
+}
+
+/// The value of the first `pattern` key that matches `name` as PEFT matches them: the regex
+/// `(.*\.)?(key)$` from the start of the site's HF name.
+fn by_pattern<T: Copy>(pattern: &[(String, T)], name: &str) -> Result<Option<T>, ModelError> {
+    for (key, value) in pattern {
+        let re = regex::Regex::new(&format!("^(.*\\.)?({key})$")).map_err(|e| {
+            ModelError::Input(format!(
+                "lora rank/alpha pattern {key:?} is not a regex: {e}"
+            ))
+        })?;
+        if re.is_match(name) {
+            return Ok(Some(*value));
+        }
+    }
+    Ok(None)
+}
+
+impl LoraSpec {
+    /// The rank of the adapter on `site` and its factor `s` of `W + s·A·B` (`alpha / r`, or
+    /// `alpha / √r` with rsLoRA), after `rank_pattern` and `alpha_pattern`.
+    pub fn rank_and_scale(&self, site: &AdapterSite) -> Result<(usize, f64), ModelError> {
+        let rank = by_pattern(&self.rank_pattern, &site.hf_name)?.unwrap_or(self.rank);
+        let alpha = by_pattern(&self.alpha_pattern, &site.hf_name)?.unwrap_or(self.alpha);
+        if rank == 0 {
+            return Err(ModelError::Input(format!(
+                "lora rank of `{}` must be at least 1",
+                site.hf_name
+            )));
+        }
+        let scale = if self.use_rslora {
+            alpha / (rank as f64).sqrt()
+        } else {
+            alpha / rank as f64
+        };
+        Ok((rank, scale))
+    }
+}
+
+/// One weight LoRA can adapt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdapterSite {
+    /// HF module path (`model.layers.0.self_attn.q_proj`) or, for stacked experts, HF parameter
+    /// path (`model.layers.0.mlp.experts.gate_up_proj`).
+    pub hf_name: String,
+    /// Whether this is a stacked expert parameter (PEFT `target_parameters`).
+    pub experts: bool,
+    /// Stacked matrices `E` (1 for a linear layer).
+    pub num: usize,
+    /// Input width.
+    pub d_in: usize,
+    /// Output width.
+    pub d_out: usize,
+}
+
+/// Gives the factors of a site at a rank: `a` `[E, in, r]` and `b` `[E, r, out]`, row-major.
+pub type FactorValues<'a> =
+    dyn FnMut(&AdapterSite, usize) -> Result<(Vec<f32>, Vec<f32>), ModelError> + 'a;
+
+/// A mutable handle on one adaptable weight.
+enum Slot<'a> {
+    Linear(&'a mut Linear),
+    /// The experts and the local path of the parameter (`gate_up` or `down`).
+    Experts(&'a mut Experts, &'static str),
+}
+
+/// A mutable handle on one module `modules_to_save` can name.
+enum Whole<'a> {
+    Linear(&'a mut Linear),
+    Embedding(&'a mut Embedding),
+}
+
+/// Whether PEFT's `target_modules` rule selects `name`.
+fn selects(target: &str, name: &str) -> bool {
+    name == target || name.ends_with(&format!(".{target}"))
+}
+
+/// Attaches given factors to the parameter at `path` of the module it is applied to.
+struct Attach {
+    path: &'static str,
+    factors: Option<LoraFactors>,
+}
+
+impl Reparameterizer for Attach {
+    type Reparam = LoraFactors;
+
+    fn reparameterize<const D: usize>(
+        &mut self,
+        path: &str,
+        param: Param<Tensor<D>>,
+    ) -> (Param<Tensor<D>>, Option<LoraFactors>) {
+        if path == self.path {
+            (param, self.factors.take())
+        } else {
+            (param, None)
+        }
+    }
+}
+
+fn factors_on(
+    site: &AdapterSite,
+    rank: usize,
+    scale: f64,
+    a: Vec<f32>,
+    b: Vec<f32>,
+    device: &Device,
+) -> LoraFactors {
+    LoraFactors {
+        a: Param::from_data(TensorData::new(a, [site.num, site.d_in, rank]), device),
+        b: Param::from_data(TensorData::new(b, [site.num, rank, site.d_out]), device),
+        scale,
+    }
+}
+
+impl MoeTransformer {
+    /// Visits every weight LoRA can adapt, in HF order.
+    fn for_each_site(&mut self, f: &mut dyn FnMut(AdapterSite, Slot<'_>)) {
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            let attn = &mut layer.self_attn;
+            for (name, l) in [
+                ("q_proj", &mut attn.q_proj),
+                ("k_proj", &mut attn.k_proj),
+                ("v_proj", &mut attn.v_proj),
+                ("o_proj", &mut attn.o_proj),
+            ] {
+                f(
+                    linear_site(format!("{p}.self_attn.{name}"), l),
+                    Slot::Linear(l),
+                );
+            }
+            match &mut layer.mlp {
+                Ffn::Dense(m) => swiglu_sites(format!("{p}.mlp"), m, f),
+                Ffn::Moe(moe) => {
+                    let [e, h, i2] = moe.experts.gate_up.base().dims();
+                    let gate_up = AdapterSite {
+                        hf_name: format!("{p}.mlp.experts.gate_up_proj"),
+                        experts: true,
+                        num: e,
+                        d_in: h,
+                        d_out: i2,
+                    };
+                    let down = AdapterSite {
+                        hf_name: format!("{p}.mlp.experts.down_proj"),
+                        experts: true,
+                        num: e,
+                        d_in: i2 / 2,
+                        d_out: h,
+                    };
+                    f(gate_up, Slot::Experts(&mut moe.experts, "gate_up"));
+                    f(down, Slot::Experts(&mut moe.experts, "down"));
+                    if let Some(shared) = &mut moe.shared_expert {
+                        swiglu_sites(format!("{p}.mlp.shared_expert"), shared, f);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Visits every module `modules_to_save` can name, under its HF path.
+    fn for_each_whole(&mut self, f: &mut dyn FnMut(String, Whole<'_>)) {
+        f(
+            "model.embed_tokens".into(),
+            Whole::Embedding(&mut self.embed_tokens),
+        );
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            let attn = &mut layer.self_attn;
+            for (name, l) in [
+                ("q_proj", &mut attn.q_proj),
+                ("k_proj", &mut attn.k_proj),
+                ("v_proj", &mut attn.v_proj),
+                ("o_proj", &mut attn.o_proj),
+            ] {
+                f(format!("{p}.self_attn.{name}"), Whole::Linear(l));
+            }
+            if let Ffn::Moe(moe) = &mut layer.mlp {
+                f(format!("{p}.mlp.gate"), Whole::Linear(&mut moe.gate));
+                if let Some(g) = &mut moe.shared_expert_gate {
+                    f(format!("{p}.mlp.shared_expert_gate"), Whole::Linear(g));
+                }
+            }
+        }
+        if let Some(head) = &mut self.lm_head {
+            f("lm_head".into(), Whole::Linear(head));
+        }
+    }
+
+    /// The weights `spec` adapts, in HF order, and the entries of `target_modules` and
+    /// `target_parameters` that select nothing.
+    pub fn lora_sites(&mut self, spec: &LoraSpec) -> (Vec<AdapterSite>, Vec<String>) {
+        let mut sites = Vec::new();
+        let mut used = vec![false; spec.target_modules.len() + spec.target_parameters.len()];
+        self.for_each_site(&mut |site, _| {
+            let (targets, offset) = match site.experts {
+                false => (&spec.target_modules, 0),
+                true => (&spec.target_parameters, spec.target_modules.len()),
+            };
+            let mut hit = false;
+            for (t, target) in targets.iter().enumerate() {
+                if selects(target, &site.hf_name) {
+                    used[offset + t] = true;
+                    hit = true;
+                }
+            }
+            if hit {
+                sites.push(site);
+            }
+        });
+        let unmatched = spec
+            .target_modules
+            .iter()
+            .chain(&spec.target_parameters)
+            .zip(&used)
+            .filter(|(_, u)| !**u)
+            .map(|(t, _)| t.clone())
+            .collect();
+        (sites, unmatched)
+    }
+
+    /// Freezes every parameter, attaches `spec`'s adapters (PEFT's initialisation: `A`
+    /// uniform in `±1/√in` from `seed`, `B` zero, so the model's output is unchanged) and
+    /// unfreezes `modules_to_save`. Returns the adapted sites. Every target must select
+    /// something (a typo is an error naming it).
+    pub fn with_lora(
+        mut self,
+        spec: &LoraSpec,
+        seed: u64,
+    ) -> Result<(Self, Vec<AdapterSite>), ModelError> {
+        if let Some(target) = self.lora_sites(spec).1.first() {
+            return Err(ModelError::Input(format!(
+                "lora target `{target}` selects nothing in this model (target_modules name \
+                 linear modules such as q_proj, o_proj or a dense/shared-expert gate_proj; \
+                 target_parameters name the stacked experts, gate_up_proj and down_proj)"
+            )));
+        }
+        let mut rng = SplitMix64::new(seed);
+        self.with_lora_values(spec, &mut |site, r| {
+            let bound = 1.0 / (site.d_in as f64).sqrt();
+            let a = (0..site.num * site.d_in * r)
+                .map(|_| ((2.0 * rng.next_f64() - 1.0) * bound) as f32)
+                .collect();
+            Ok((a, vec![0.0; site.num * r * site.d_out]))
+        })
+    }
+
+    /// [`Self::with_lora`] with the factors' values (`a` `[E, in, r]`, `b` `[E, r, out]`,
+    /// row-major) given per site and rank.
+    pub fn with_lora_values(
+        self,
+        spec: &LoraSpec,
+        values: &mut FactorValues<'_>,
+    ) -> Result<(Self, Vec<AdapterSite>), ModelError> {
+        let mut model = self.freeze();
+        let (sites, _) = model.lora_sites(spec);
+        if sites.is_empty() {
+            return Err(ModelError::Input(
+                "the lora targets select no module of this model".into(),
+            ));
+        }
+        let device = model.embed_tokens.weight.base().device();
+        let mut failure = None;
+        model.for_each_site(&mut |site, slot| {
+            if failure.is_some() || !sites.contains(&site) {
+                return;
+            }
+            let factors = match spec
+                .rank_and_scale(&site)
+                .and_then(|(rank, scale)| Ok((rank, scale, values(&site, rank)?)))
+            {
+                Ok((rank, scale, (a, b))) => factors_on(&site, rank, scale, a, b, &device),
+                Err(e) => {
+                    failure = Some(e);
+                    return;
+                }
+            };
+            match slot {
+                Slot::Linear(l) => {
+                    let attach = Attach {
+                        path: "weight",
+                        factors: Some(factors),
+                    };
+                    *l = l.clone().apply_reparameterization(attach);
+                }
+                Slot::Experts(x, path) => {
+                    let attach = Attach {
+                        path,
+                        factors: Some(factors),
+                    };
+                    *x = x.clone().apply_reparameterization(attach);
+                }
+            }
+        });
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        model.train_in_full(&spec.modules_to_save)?;
+        Ok((model, sites))
+    }
+
+    /// Makes the modules `names` select (PEFT `modules_to_save`) trainable again.
+    fn train_in_full(&mut self, names: &[String]) -> Result<(), ModelError> {
+        let mut used = vec![false; names.len()];
+        self.for_each_whole(&mut |path, whole| {
+            let hit: Vec<usize> = (0..names.len())
+                .filter(|&n| path.ends_with(names[n].as_str()))
+                .collect();
+            if hit.is_empty() {
+                return;
+            }
+            hit.iter().for_each(|&n| used[n] = true);
+            match whole {
+                Whole::Linear(l) => *l = l.clone().unfreeze(),
+                Whole::Embedding(e) => *e = e.clone().unfreeze(),
+            }
+        });
+        match used.iter().position(|u| !u) {
+            Some(n) => Err(ModelError::Input(format!(
+                "lora modules_to_save `{}` selects no module of this model (modules trained in \
+                 full are the router `gate`, `shared_expert_gate`, attention projections, \
+                 `embed_tokens` and `lm_head`)",
+                names[n]
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// The HF paths of the modules `names` select (PEFT `modules_to_save`), with their HF
+    /// weights (`[out, in]` / `[V, H]`, row-major) and shapes.
+    pub fn saved_modules(&mut self, names: &[String]) -> Vec<(String, Vec<usize>, Tensor<2>)> {
+        let mut out = Vec::new();
+        self.for_each_whole(&mut |path, whole| {
+            if !names.iter().any(|n| path.ends_with(n.as_str())) {
+                return;
+            }
+            match whole {
+                Whole::Linear(l) => {
+                    let w = l.weight.val().transpose();
+                    out.push((path, w.dims().to_vec(), w));
+                }
+                Whole::Embedding(e) => {
+                    let w = e.weight.val();
+                    out.push((path, w.dims().to_vec(), w));
+                }
+            }
+        });
+        out
+    }
+
+    /// Replaces the weight of the module at HF path `path` (one `modules_to_save` names) with
+    /// `values` in HF layout (`[out, in]`, or `[V, H]` for the embedding), keeping it trainable.
+    pub fn set_saved_module(
+        &mut self,
+        path: &str,
+        shape: &[usize],
+        values: Vec<f32>,
+    ) -> Result<(), ModelError> {
+        let mut outcome = Err(ModelError::Input(format!(
+            "`{path}` is not a module this model can train in full"
+        )));
+        self.for_each_whole(&mut |p, whole| {
+            if p != path {
+                return;
+            }
+            // A linear layer stores `[in, out]`, the embedding `[V, H]` as HF does.
+            let (weight, hf_shape, transposed) = match whole {
+                Whole::Linear(l) => {
+                    let [d_in, d_out] = l.weight.base().dims();
+                    (&mut l.weight, [d_out, d_in], true)
+                }
+                Whole::Embedding(e) => {
+                    let dims = e.weight.base().dims();
+                    (&mut e.weight, dims, false)
+                }
+            };
+            if shape != hf_shape {
+                outcome = Err(ModelError::Input(format!(
+                    "`{path}` has shape {shape:?}, the model's is {hf_shape:?}"
+                )));
+                return;
+            }
+            let device = weight.base().device();
+            let dtype = weight.base().dtype();
+            let mut t = Tensor::<2>::from_data(TensorData::new(values.clone(), hf_shape), &device);
+            if transposed {
+                t = t.transpose();
+            }
+            *weight = Param::from_tensor(t.cast(dtype));
+            outcome = Ok(());
+        });
+        outcome
+    }
+
+    /// The adapters of the model, per site (empty without LoRA).
+    pub fn lora_factors(&mut self) -> Vec<(AdapterSite, Tensor<3>, Tensor<3>, f64)> {
+        let mut out = Vec::new();
+        self.for_each_site(&mut |site, slot| {
+            let factors = match slot {
+                Slot::Linear(l) => l.weight.reparameterization::<LoraFactors>(),
+                Slot::Experts(x, "gate_up") => x.gate_up.reparameterization::<LoraFactors>(),
+                Slot::Experts(x, _) => x.down.reparameterization::<LoraFactors>(),
+            };
+            if let Some(f) = factors {
+                out.push((site, f.a.val(), f.b.val(), f.scale));
+            }
+        });
+        out
+    }
+
+    /// The model with every adapter folded into its base weight (`W + s·A·B`), as a plain model
+    /// whose parameters are all trainable again.
+    pub fn merge_lora(mut self) -> Self {
+        self.for_each_site(&mut |_, slot| match slot {
+            Slot::Linear(l) => {
+                if l.weight.reparameterization::<LoraFactors>().is_some() {
+                    l.weight = Param::from_tensor(l.weight.val().detach());
+                }
+            }
+            Slot::Experts(x, "gate_up") => {
+                if x.gate_up.reparameterization::<LoraFactors>().is_some() {
+                    x.gate_up = Param::from_tensor(x.gate_up.val().detach());
+                }
+            }
+            Slot::Experts(x, _) => {
+                if x.down.reparameterization::<LoraFactors>().is_some() {
+                    x.down = Param::from_tensor(x.down.val().detach());
+                }
+            }
+        });
+        self.unfreeze()
+    }
+}
+
+fn swiglu_sites(prefix: String, m: &mut SwiGlu, f: &mut dyn FnMut(AdapterSite, Slot<'_>)) {
+    for (name, l) in [
+        ("gate_proj", &mut m.gate_proj),
+        ("up_proj", &mut m.up_proj),
+        ("down_proj", &mut m.down_proj),
+    ] {
+        f(linear_site(format!("{prefix}.{name}"), l), Slot::Linear(l));
+    }
+}
+
+fn linear_site(hf_name: String, l: &Linear) -> AdapterSite {
+    let [d_in, d_out] = l.weight.base().dims();
+    AdapterSite {
+        hf_name,
+        experts: false,
+        num: 1,
+        d_in,
+        d_out,
+    }
+}
+
+/// PEFT's `lora_A.weight` `[r·E, in]` and `lora_B.weight` `[out, r·E]` from our `a`
+/// `[E, in, r]` and `b` `[E, r, out]` (row `e·r + j` of A, column `j·E + e` of B).
+pub fn to_peft(site: &AdapterSite, rank: usize, a: &[f32], b: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let (e_n, d_in, d_out, r) = (site.num, site.d_in, site.d_out, rank);
+    let mut pa = vec![0.0; r * e_n * d_in];
+    let mut pb = vec![0.0; d_out * r * e_n];
+    for e in 0..e_n {
+        for j in 0..r {
+            for i in 0..d_in {
+                pa[(e * r + j) * d_in + i] = a[(e * d_in + i) * r + j];
+            }
+            for o in 0..d_out {
+                pb[o * r * e_n + j * e_n + e] = b[(e * r + j) * d_out + o];
+            }
+        }
+    }
+    (pa, pb)
+}
+
+/// The inverse of [`to_peft`].
+pub fn from_peft(site: &AdapterSite, rank: usize, pa: &[f32], pb: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let (e_n, d_in, d_out, r) = (site.num, site.d_in, site.d_out, rank);
+    let mut a = vec![0.0; e_n * d_in * r];
+    let mut b = vec![0.0; e_n * r * d_out];
+    for e in 0..e_n {
+        for j in 0..r {
+            for i in 0..d_in {
+                a[(e * d_in + i) * r + j] = pa[(e * r + j) * d_in + i];
+            }
+            for o in 0..d_out {
+                b[(e * r + j) * d_out + o] = pb[o * r * e_n + j * e_n + e];
+            }
+        }
+    }
+    (a, b)
+}
