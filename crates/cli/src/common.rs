@@ -10,6 +10,7 @@ use clap::Args;
 use seqtopk_backend::Backend;
 use seqtopk_model::MoeTransformer;
 use seqtopk_router::{OnlineBudget, RouterConfig, RoutingMode};
+use seqtopk_train::Precision;
 use serde_json::{Value, json};
 
 /// Logs go to stderr so stdout stays machine-readable (JSON results); colour codes only when
@@ -41,6 +42,33 @@ impl VerifyArgs {
         device: &Device,
     ) -> Result<seqtopk_checkpoint::LoadedCheckpoint> {
         Ok(seqtopk_checkpoint::load_with(dir, device, !self.no_verify)?)
+    }
+}
+
+/// The float type an inference command holds its weights and computes in.
+#[derive(Debug, Clone, Args)]
+pub struct PrecisionArgs {
+    /// f32, or bf16/f16: the weights are cast after loading (half the memory from then on) and
+    /// every pass computes in that type, norms, attention softmax, routing and logits in f32 as
+    /// in training's mixed precision.
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
+}
+
+impl PrecisionArgs {
+    /// `model` in the chosen precision, or an error when `device` cannot compute in it.
+    pub fn apply(&self, model: MoeTransformer, device: &Device) -> Result<MoeTransformer> {
+        let Some(dtype) = self.precision.compute_dtype() else {
+            return Ok(model);
+        };
+        if !self.precision.is_supported_by(device) {
+            bail!(
+                "--precision {}: this device computes in {} only",
+                self.precision,
+                Precision::supported_by(device)
+            );
+        }
+        Ok(model.cast_for_compute(dtype))
     }
 }
 

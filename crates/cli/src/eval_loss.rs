@@ -11,7 +11,8 @@ use seqtopk_router::TokenLayout;
 use serde_json::json;
 
 use crate::common::{
-    DeviceArgs, RouterArgs, VerifyArgs, apply_router, is_causal, log_routing, read_id_rows,
+    DeviceArgs, PrecisionArgs, RouterArgs, VerifyArgs, apply_router, is_causal, log_routing,
+    read_id_rows,
 };
 
 /// Arguments of `seqtopk eval loss`.
@@ -37,6 +38,8 @@ pub struct LossArgs {
     pub device: DeviceArgs,
     #[command(flatten)]
     pub verify: VerifyArgs,
+    #[command(flatten)]
+    pub precision: PrecisionArgs,
 }
 
 /// Runs `eval loss`: prints one JSON object with the loss, the number of scored tokens and the
@@ -52,7 +55,7 @@ pub fn run(args: LossArgs) -> Result<()> {
         );
     }
     let loaded = args.verify.load(&args.checkpoint, &device)?;
-    let mut model = loaded.model;
+    let mut model = args.precision.apply(loaded.model, &device)?;
     let router = apply_router(&mut model, &args.router)?;
     log_routing(&router, loaded.routing.is_some(), &args.router);
     let vocab = model.config().vocab_size;

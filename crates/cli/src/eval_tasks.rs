@@ -11,7 +11,7 @@ use seqtopk_eval::{
 };
 use seqtopk_router::{RouterConfig, RoutingMode};
 
-use crate::common::{DeviceArgs, RouterArgs, VerifyArgs};
+use crate::common::{DeviceArgs, PrecisionArgs, RouterArgs, VerifyArgs};
 
 /// Task evaluation options (boxed: they are many, and `eval loss` shares the enum).
 #[derive(Debug, Args)]
@@ -80,6 +80,8 @@ struct TaskOptions {
     device: DeviceArgs,
     #[command(flatten)]
     verify: VerifyArgs,
+    #[command(flatten)]
+    precision: PrecisionArgs,
 }
 
 fn parse_template(s: &str) -> Result<ChatTemplateKind, String> {
@@ -201,6 +203,7 @@ pub fn run(args: TaskArgs) -> Result<()> {
 
     let device = args.device.device()?;
     let mut loaded = args.verify.load(&checkpoint, &device)?;
+    loaded.model = args.precision.apply(loaded.model, &device)?;
     let tokenizer_path = loaded.tokenizer.clone().with_context(|| {
         format!(
             "checkpoint {} has no tokenizer.json beside its weights: copy the tokenizer the model was trained with there (for OLMoE: data/samples/tokenizers/olmoe/tokenizer.json)",

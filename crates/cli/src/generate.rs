@@ -10,7 +10,9 @@ use seqtopk_model::{FinishReason, GenerationConfig, MoeTransformer};
 use serde_json::{Value, json};
 use tokenizers::Tokenizer;
 
-use crate::common::{DeviceArgs, RouterArgs, VerifyArgs, apply_router, log_routing, read_id_rows};
+use crate::common::{
+    DeviceArgs, PrecisionArgs, RouterArgs, VerifyArgs, apply_router, log_routing, read_id_rows,
+};
 
 /// Arguments of `seqtopk generate`.
 #[derive(Debug, Args)]
@@ -58,6 +60,8 @@ pub struct GenerateArgs {
     pub device: DeviceArgs,
     #[command(flatten)]
     pub verify: VerifyArgs,
+    #[command(flatten)]
+    pub precision: PrecisionArgs,
 }
 
 /// A prompt as given and as token ids.
@@ -77,7 +81,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     }
     let device = args.device.device()?;
     let loaded = args.verify.load(&args.checkpoint, &device)?;
-    let mut model = loaded.model;
+    let mut model = args.precision.apply(loaded.model, &device)?;
     let router = apply_router(&mut model, &args.router)?;
     log_routing(&router, loaded.routing.is_some(), &args.router);
     let tokenizer = match &loaded.tokenizer {

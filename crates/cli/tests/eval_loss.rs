@@ -364,3 +364,45 @@ fn non_finite_weights_and_logits_are_errors_not_null() {
         "{err}"
     );
 }
+
+/// `--precision bf16`/`f16` computes in the half type (the loss moves, a little) and an unknown
+/// precision is refused naming the choices.
+#[test]
+fn half_precision_scores_close_to_f32() {
+    let dir = scratch("precision");
+    let (ids, _, want) = golden_rows("olmoe-tiny", &dir);
+    let ckpt = fixture("olmoe-tiny");
+    let loss = |precision: &str| {
+        let report = ok_json(&seqtopk(&[
+            "eval",
+            "loss",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--input-ids",
+            ids.to_str().unwrap(),
+            "--precision",
+            precision,
+        ]));
+        report["loss"].as_f64().unwrap()
+    };
+    assert!((loss("f32") - want).abs() <= 1e-5);
+    for precision in ["bf16", "f16"] {
+        let half = loss(precision);
+        assert!(half != want, "{precision}: computed in f32?");
+        assert!(
+            (half - want).abs() <= 2e-2 * want,
+            "{precision}: loss {half} vs HF f32 {want}"
+        );
+    }
+    let e = failure(&seqtopk(&[
+        "eval",
+        "loss",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--input-ids",
+        ids.to_str().unwrap(),
+        "--precision",
+        "fp8",
+    ]));
+    assert!(e.contains("bf16"), "{e}");
+}

@@ -81,15 +81,23 @@ fn words(ids: &[u32]) -> String {
         .join(" ")
 }
 
+/// HF's greedy continuations, f32 and bf16 alike: `--precision bf16` on the bf16 checkpoint gives
+/// what transformers computes in bf16 (its row 0 leaves the f32 continuation after 5 tokens),
+/// and f32 on the same weights what it computes upcast to f32.
 #[test]
 fn input_ids_give_hf_greedy_continuations() {
     let dir = scratch("hf");
-    for name in ["mixtral-tiny", "qwen2_moe-tiny"] {
+    for (name, golden, precision) in [
+        ("mixtral-tiny", "gen_output_ids", "f32"),
+        ("qwen2_moe-tiny", "gen_output_ids", "f32"),
+        ("mixtral-tiny-bf16", "gen_output_ids", "bf16"),
+        ("mixtral-tiny-bf16", "f32_upcast.gen_output_ids", "f32"),
+    ] {
         let bytes = std::fs::read(fixture(name).join("golden.safetensors")).unwrap();
         let st = SafeTensors::deserialize(&bytes).unwrap();
         let (shape, prompt_ids) = i64s(&st, "gen_prompt_ids");
         let (_, mask) = i64s(&st, "gen_attention_mask");
-        let (oshape, out) = i64s(&st, "gen_output_ids");
+        let (oshape, out) = i64s(&st, golden);
         let (b, t, to) = (shape[0], shape[1], oshape[1]);
         let rows: Vec<Vec<i64>> = (0..b)
             .map(|r| {
@@ -108,6 +116,8 @@ fn input_ids_give_hf_greedy_continuations() {
             path.to_str().unwrap(),
             "--max-new-tokens",
             &(to - t).to_string(),
+            "--precision",
+            precision,
         ]));
         assert_eq!(got.len(), b);
         for (r, line) in got.iter().enumerate() {
@@ -115,7 +125,7 @@ fn input_ids_give_hf_greedy_continuations() {
                 .iter()
                 .map(|&i| i as u32)
                 .collect();
-            assert_eq!(ids(&line["ids"]), want, "{name} row {r}");
+            assert_eq!(ids(&line["ids"]), want, "{name} {precision} row {r}");
             assert_eq!(line["index"], r);
             assert_eq!(
                 ids(&line["prompt_ids"]),

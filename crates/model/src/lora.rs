@@ -514,22 +514,16 @@ impl MoeTransformer {
     /// The model with every adapter folded into its base weight (`W + s·A·B`), as a plain model
     /// whose parameters are all trainable again.
     pub fn merge_lora(mut self) -> Self {
+        // Keeping each parameter's id keeps an export byte-for-byte reproducible.
+        fn fold<const D: usize>(param: &mut Param<Tensor<D>>) {
+            if param.reparameterization::<LoraFactors>().is_some() {
+                *param = Param::initialized(param.id, param.val().detach());
+            }
+        }
         self.for_each_site(&mut |_, slot| match slot {
-            Slot::Linear(l) => {
-                if l.weight.reparameterization::<LoraFactors>().is_some() {
-                    l.weight = Param::from_tensor(l.weight.val().detach());
-                }
-            }
-            Slot::Experts(x, "gate_up") => {
-                if x.gate_up.reparameterization::<LoraFactors>().is_some() {
-                    x.gate_up = Param::from_tensor(x.gate_up.val().detach());
-                }
-            }
-            Slot::Experts(x, _) => {
-                if x.down.reparameterization::<LoraFactors>().is_some() {
-                    x.down = Param::from_tensor(x.down.val().detach());
-                }
-            }
+            Slot::Linear(l) => fold(&mut l.weight),
+            Slot::Experts(x, "gate_up") => fold(&mut x.gate_up),
+            Slot::Experts(x, _) => fold(&mut x.down),
         });
         self.unfreeze()
     }

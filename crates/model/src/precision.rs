@@ -21,7 +21,30 @@ impl ModuleMapper for CastParams {
     }
 }
 
+/// Casts the parameters that take no gradient (a LoRA base) to one dtype.
+struct CastFrozen(FloatDType);
+
+impl ModuleMapper for CastFrozen {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let dtype = self.0;
+        // Mappers see a reparameterized weight without its factors, whose own gradient flag
+        // (on) keeps them as they are.
+        if param.base().is_require_grad() || param.base().dtype() == DType::from(dtype) {
+            param
+        } else {
+            param.map(|t| t.cast(dtype))
+        }
+    }
+}
+
 impl MoeTransformer {
+    /// The model with its frozen parameters (those that take no gradient, e.g. the base of a
+    /// LoRA run on an autodiff device) stored in `dtype`: they need no f32 master copy, so a
+    /// half-precision run keeps them at half the memory. Trainable parameters stay as they are.
+    pub fn store_frozen_in(self, dtype: FloatDType) -> MoeTransformer {
+        self.map(&mut CastFrozen(dtype))
+    }
+
     /// The model with its float parameters cast to `dtype`, for computing in half precision
     /// while the optimiser keeps f32 master weights (mixed precision, as PyTorch's autocast).
     ///

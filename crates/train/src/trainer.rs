@@ -46,6 +46,8 @@ pub struct Budget {
     pub params_active: usize,
     /// Parameters the optimiser updates (not frozen).
     pub params_trainable: usize,
+    /// Parameters no gradient is computed for (a LoRA base), stored in the compute dtype.
+    pub params_without_gradient: usize,
     /// Optimiser steps.
     pub steps: u64,
     /// Token slots per optimiser step (rows × sequence length).
@@ -147,8 +149,17 @@ impl Trainer {
                         origin: "lora".into(),
                         message: e.to_string(),
                     })?;
-            tracing::info!(adapters = sites.len(), rank = lora.r, "LoRA: base frozen");
-            model = adapted;
+            model = match recipe.precision.compute_dtype() {
+                // The frozen base needs no f32 master copy: it is kept in the compute dtype.
+                Some(dtype) => adapted.store_frozen_in(dtype),
+                None => adapted,
+            };
+            tracing::info!(
+                adapters = sites.len(),
+                rank = lora.r,
+                base_dtype = %recipe.precision,
+                "LoRA: base frozen"
+            );
         }
         let paths = ParamPaths::of(&model);
         let unmatched = paths.unmatched(&recipe.optimizer.freeze);
@@ -219,13 +230,13 @@ impl Trainer {
     /// What the run costs.
     pub fn budget(&self) -> Budget {
         let params_total = self.paths.num_params();
-        let trainable: usize = self
-            .paths
-            .entries()
-            .iter()
+        let entries = self.paths.entries().iter();
+        let trainable: usize = entries
+            .clone()
             .filter(|e| e.trainable && !self.frozen.contains(&e.id))
             .map(|e| e.numel)
             .sum();
+        let without_gradient: usize = entries.filter(|e| !e.trainable).map(|e| e.numel).sum();
         let c = self.model.config();
         let params_active = match &c.moe {
             Some(moe) => {
@@ -244,6 +255,7 @@ impl Trainer {
             params_total,
             params_active,
             params_trainable: trainable,
+            params_without_gradient: without_gradient,
             steps: self.total_steps,
             tokens_per_step,
             total_tokens: tokens_per_step as u64 * self.total_steps,

@@ -226,3 +226,54 @@ fn two_f16_replicas_train_exactly_as_accumulation_on_one_device() {
     );
     assert!(one_w == two_w, "two replicas ended with other weights");
 }
+
+/// Every float parameter's module path and dtype, LoRA factors included.
+#[derive(Default)]
+struct Dtypes {
+    path: Vec<String>,
+    found: Vec<(String, DType)>,
+}
+
+impl ModuleVisitor for Dtypes {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_owned());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.found.push((self.path.join("."), param.base().dtype()));
+    }
+}
+
+/// A LoRA run in bf16 keeps its frozen base in bf16 (no f32 master copy) while the adapters and
+/// the router gate, which the optimiser updates, stay f32 through training; the dry-run budget
+/// counts the base apart.
+#[test]
+fn a_half_precision_lora_run_stores_its_frozen_base_in_half() {
+    let extra = ["precision=\"bf16\"".to_string(), "lora.r=4".into()];
+    let mut trainer = Trainer::new(recipe("cpu", &extra)).unwrap();
+    let check = |trainer: &Trainer| {
+        let mut d = Dtypes::default();
+        trainer.model().visit(&mut d);
+        for (path, dtype) in &d.found {
+            let trained = path.contains(".lora") || path.ends_with("Moe.gate.weight");
+            let expected = if trained { DType::F32 } else { DType::BF16 };
+            assert_eq!(*dtype, expected, "{path}");
+        }
+        assert!(d.found.iter().any(|(p, _)| p.contains("gate_up.lora.b")));
+    };
+    check(&trainer);
+    let budget = trainer.budget();
+    assert!(budget.params_without_gradient > 0);
+    assert_eq!(
+        budget.params_without_gradient + budget.params_trainable,
+        budget.params_total
+    );
+    for m in steps(&mut trainer, 2) {
+        assert!(m.loss.is_finite() && m.grad_norm > 0.0, "{m:?}");
+    }
+    check(&trainer);
+}
