@@ -21,8 +21,8 @@ pub use gradients::{GradientTools, ParamEntry, ParamPaths};
 pub use metrics::{DomainEval, LayerRouting, StepMetrics};
 pub use precision::{LossScaleSection, LossScaler, Precision, ScaleVerdict};
 pub use recipe::{
-    BatchSection, DEFAULT_RECIPE, DEFAULT_RECIPE_NAME, ModelSection, OptimizerSection, Recipe,
-    ScheduleKind, ScheduleSection, TrainSection,
+    BatchSection, DEFAULT_RECIPE, DEFAULT_RECIPE_NAME, LoraSection, ModelSection, OptimizerSection,
+    Recipe, Recompute, ScheduleKind, ScheduleSection, TrainSection,
 };
 pub use resume::{CheckpointInfo, latest_checkpoint};
 pub use schedule::LrSchedule;

@@ -285,6 +285,22 @@ pub struct TrainSection {
     /// Checkpoints kept (oldest deleted first); at least 1.
     #[serde(default = "default_keep")]
     pub keep_checkpoints: usize,
+    /// Activation recomputation in the backward pass.
+    #[serde(default)]
+    pub recompute: Recompute,
+}
+
+/// What the backward pass recomputes instead of keeping from the forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Recompute {
+    /// Keep every activation the backward pass needs.
+    #[default]
+    None,
+    /// Burn's balanced gradient checkpointing: outputs of memory-bound operations (element-wise
+    /// ops, activations, norms) are recomputed from their inputs during backward; those of
+    /// compute-bound ones (matmuls) are kept. Same gradients, less activation memory.
+    Balanced,
 }
 
 fn one() -> u64 {

@@ -20,7 +20,7 @@ use crate::TrainError;
 use crate::gradients::{GradientTools, ParamPaths};
 use crate::metrics::{DomainEval, DomainTally, LayerRouting, Monitor, StepMetrics};
 use crate::precision::{LossScaler, Precision, ScaleVerdict};
-use crate::recipe::Recipe;
+use crate::recipe::{Recipe, Recompute};
 use crate::resume::{self, MODEL_FILE, OPTIMIZER_FILE, RECIPE_FILE, STATE_FILE, TrainerState};
 use crate::schedule::LrSchedule;
 
@@ -101,7 +101,13 @@ impl Trainer {
         let replicas = recipe
             .devices
             .iter()
-            .map(|&index| Ok(recipe.backend.device(index)?.autodiff()))
+            .map(|&index| {
+                let device = recipe.backend.device(index)?.autodiff();
+                Ok(match recipe.train.recompute {
+                    Recompute::None => device,
+                    Recompute::Balanced => device.gradient_checkpointing(),
+                })
+            })
             .collect::<Result<Vec<_>, TrainError>>()?;
         for (replica, &index) in replicas.iter().zip(&recipe.devices) {
             if !recipe.precision.is_supported_by(replica) {

@@ -2,10 +2,13 @@
 //! that supports them, a clear refusal on devices that do not, and f16's dynamic loss scaling
 //! (skipped overflowing steps, growth, exact resume).
 
+mod support;
+
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{DType, Tensor};
 use seqtopk_backend::test_devices;
-use seqtopk_train::{DEFAULT_RECIPE, Precision, Recipe, StepMetrics, Trainer};
+use seqtopk_train::{Precision, Trainer};
+use support::{recipe, steps, weights};
 
 /// Relative step-loss tolerance against the f32 CPU run. Rounding activations to bf16/f16 moves
 /// the step-1 loss by 9e-5 / 1e-5 relative under TopK, but at random initialisation the router's
@@ -13,54 +16,6 @@ use seqtopk_train::{DEFAULT_RECIPE, Precision, Recipe, StepMetrics, Trainer};
 /// rounding flips near-ties in expert selection: measured with SeqTopK and 62 target tokens per
 /// micro-batch, 7.5e-4 (bf16) and 1.0e-3 (f16) at step 1, on the CPU and on lavapipe alike.
 const TOLERANCE: f64 = 5e-3;
-
-fn repo_root() -> String {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../..").to_owned()
-}
-
-/// The default recipe shrunk to a fraction of a second per step, data paths made absolute.
-fn recipe(backend: &str, extra: &[String]) -> Recipe {
-    let root = repo_root();
-    let mut overrides: Vec<String> = vec![
-        format!("backend=\"{backend}\""),
-        format!("data.tokenizer=\"{root}/data/samples/tokenizers/olmoe/tokenizer.json\""),
-        format!(
-            "data.sources=[{{path=\"{root}/data/samples/math/math_train.jsonl\", \
-             format=\"prompt_completion\", domain=\"math\"}}]"
-        ),
-        "data.seq_len=32".into(),
-        "batch.micro_batch_size=2".into(),
-        // Two micro-batches per step: each pass casts the model afresh.
-        "batch.grad_accum_steps=2".into(),
-        "train.steps=3".into(),
-        "schedule.warmup_steps=0".into(),
-    ];
-    overrides.extend_from_slice(extra);
-    Recipe::parse(DEFAULT_RECIPE, "test", &overrides).unwrap()
-}
-
-fn steps(trainer: &mut Trainer, n: usize) -> Vec<StepMetrics> {
-    (0..n).map(|_| trainer.step_once().unwrap()).collect()
-}
-
-/// Every float parameter's dtype and values, in module order.
-#[derive(Default)]
-struct Weights(Vec<(DType, Vec<f32>)>);
-
-impl ModuleVisitor for Weights {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let t = param.val();
-        let dtype = t.dtype();
-        self.0
-            .push((dtype, t.into_data().try_into_vec_as::<f32>().unwrap()));
-    }
-}
-
-fn weights(trainer: &Trainer) -> Vec<(DType, Vec<f32>)> {
-    let mut w = Weights::default();
-    trainer.model().visit(&mut w);
-    w.0
-}
 
 #[test]
 fn half_precision_trains_close_to_f32_where_the_device_supports_it() {
