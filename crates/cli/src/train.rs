@@ -148,13 +148,10 @@ fn eval_only(trainer: &mut Trainer, recipe: &Recipe, origin: &str, args: &TrainA
     Ok(())
 }
 
-/// Weights, gradients and AdamW state: parameters that take gradients keep f32 weights (plus a
-/// 2-byte copy in a half-precision run); those without (a LoRA base) are stored in the compute
-/// dtype; the trainable ones add an f32 gradient and two f32 moments.
-fn training_bytes(params: usize, without_gradient: usize, trainable: usize, half: bool) -> f64 {
-    let (frozen, graded) = (without_gradient as f64, (params - without_gradient) as f64);
-    let (frozen_bytes, graded_bytes) = if half { (2.0, 6.0) } else { (4.0, 4.0) };
-    frozen * frozen_bytes + graded * graded_bytes + trainable as f64 * 12.0
+/// f32 weights, gradients and AdamW state of a model nothing of which is frozen (a half-precision
+/// run adds a 2-byte copy of every weight): what a recipe costs before its model is built.
+fn full_training_bytes(params: usize, half: bool) -> f64 {
+    params as f64 * if half { 18.0 } else { 16.0 }
 }
 
 /// `--dry-run`: the resolved recipe and the run's cost. When the run cannot be built here (a
@@ -176,12 +173,7 @@ fn dry_run(recipe: &Recipe, origin: &str) -> Result<()> {
             println!("tokens_total = {}", budget.total_tokens);
             println!(
                 "training_memory_gb = {:.1} # weights, gradients, AdamW state; activations extra",
-                training_bytes(
-                    budget.params_total,
-                    budget.params_without_gradient,
-                    budget.params_trainable,
-                    half
-                ) / 1e9
+                budget.state_bytes(half) / 1e9
             );
             return Ok(());
         }
@@ -197,7 +189,7 @@ fn dry_run(recipe: &Recipe, origin: &str) -> Result<()> {
             println!("parameters_total = {params} # counted from {from}");
             println!(
                 "training_memory_gb = {:.1} # weights, gradients, AdamW state, nothing frozen; activations extra",
-                training_bytes(params, 0, params, half) / 1e9
+                full_training_bytes(params, half) / 1e9
             );
         }
         Err(why) => println!("# parameters unknown: {why}"),

@@ -1,7 +1,10 @@
 //! Training throughput and peak memory, TopK vs SeqTopK:
 //! - the tiny default recipe (whole trainer step: forward, backward, clipping, AdamW);
 //! - one OLMoE-1B-7B-shaped MoE layer (hidden 2048, 64 experts of 1024, K = 8), forward+backward;
-//! - the tiny recipe again in each mixed precision (bf16, f16) the device supports.
+//! - the tiny recipe again in each mixed precision (bf16, f16) the device supports;
+//! - memory set-ups of the tiny recipe at `seq_len` 512 and 2048: full fine-tuning and LoRA
+//!   (r 16, attention + experts, router trained), f32 and bf16 (a LoRA base then stored in
+//!   bf16), each without and with `train.recompute = "balanced"`.
 //!
 //! Each case runs in its own child process so its peak resident memory (`VmHWM`) is its own; its
 //! minor page faults per timed step (`/proc/self/stat`) say how much memory it takes fresh from
@@ -71,26 +74,10 @@ fn main() {
     }
     let mut rates: Vec<(&str, &str, Precision, f64)> = Vec::new();
     for (case, mode, precision) in cases {
-        let exe = std::env::current_exe().unwrap();
-        let mut cmd = Command::new(exe);
-        cmd.env(CASE_ENV, format!("{case}:{mode}:{precision}"))
-            .args(["--backend", &backend]);
-        if quick {
-            cmd.arg("--quick");
-        }
-        let out = cmd.output().unwrap();
-        let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if !out.status.success() {
-            eprintln!(
-                "{case}/{mode}/{precision} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+        let Some(fields) = run_child(&format!("{case}:{mode}:{precision}:"), &backend, quick)
+        else {
             continue;
-        }
-        let fields: Vec<f64> = line
-            .split_whitespace()
-            .map(|f| f.parse().unwrap())
-            .collect();
+        };
         let (tps, sps, peak, minflt, majflt) =
             (fields[0], fields[1], fields[2], fields[3], fields[4]);
         println!(
@@ -136,6 +123,66 @@ fn main() {
             );
         }
     }
+    memory_setups(&device, &backend, quick);
+}
+
+/// Runs one case in a child process; its printed fields, or `None` (reported) when it failed.
+fn run_child(case: &str, backend: &str, quick: bool) -> Option<Vec<f64>> {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.env(CASE_ENV, case).args(["--backend", backend]);
+    if quick {
+        cmd.arg("--quick");
+    }
+    let out = cmd.output().unwrap();
+    if !out.status.success() {
+        eprintln!("{case} failed: {}", String::from_utf8_lossy(&out.stderr));
+        return None;
+    }
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    Some(
+        line.split_whitespace()
+            .map(|f| f.parse().unwrap())
+            .collect(),
+    )
+}
+
+/// Peak memory and throughput of full and LoRA fine-tuning, ± half precision and recomputation.
+fn memory_setups(device: &burn::tensor::Device, backend: &str, quick: bool) {
+    println!(
+        "\n{:<10} {:>6} {:>9} {:>9} {:>12} {:>10} {:>10} {:>12}",
+        "setup", "seq", "precision", "recompute", "trainable", "tokens/s", "peak MiB", "state MiB"
+    );
+    let seqs: &[usize] = if quick { &[256] } else { &[512, 2048] };
+    for &seq in seqs {
+        for setup in ["full", "lora r16"] {
+            for precision in [Precision::F32, Precision::Bf16] {
+                if !precision.is_supported_by(device) {
+                    continue;
+                }
+                for recompute in ["none", "balanced"] {
+                    let mut sets = vec![
+                        format!("data.seq_len={seq}"),
+                        format!("train.recompute=\"{recompute}\""),
+                    ];
+                    if setup != "full" {
+                        sets.push("lora.r=16".into());
+                    }
+                    let case = format!("tiny:seqtopk:{precision}:{}", sets.join(";"));
+                    let Some(f) = run_child(&case, backend, quick) else {
+                        continue;
+                    };
+                    println!(
+                        "{setup:<10} {seq:>6} {:>9} {recompute:>9} {:>12.0} {:>10.0} {:>10.0} {:>12.0}",
+                        precision.to_string(),
+                        f[5],
+                        f[0],
+                        f[2],
+                        f[6]
+                    );
+                }
+            }
+        }
+    }
 }
 
 fn label(case: &str) -> &'static str {
@@ -148,17 +195,23 @@ fn label(case: &str) -> &'static str {
 /// Runs one case and prints `tokens/s seconds/step peak_MiB minflt/step majflt/step`.
 fn run_case(case: &str, backend: &str, quick: bool) {
     let mut parts = case.split(':');
-    let (case, mode, precision) = (
+    let (case, mode, precision, sets) = (
         parts.next().unwrap(),
         parts.next().unwrap(),
         parts.next().unwrap(),
+        parts.next().unwrap_or(""),
     );
-    let (tokens, seconds, (minflt, majflt)) = match case {
-        "tiny" => tiny(mode, precision, backend, quick),
-        _ => olmoe_layer(mode, backend, quick),
+    let sets: Vec<String> = sets
+        .split(';')
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    let ((tokens, seconds, (minflt, majflt)), (trainable, predicted)) = match case {
+        "tiny" => tiny(mode, precision, &sets, backend, quick),
+        _ => (olmoe_layer(mode, backend, quick), (0.0, 0.0)),
     };
     println!(
-        "{} {} {} {minflt} {majflt}",
+        "{} {} {} {minflt} {majflt} {trainable} {predicted}",
         tokens / seconds,
         seconds,
         common::peak_mib()
@@ -175,9 +228,14 @@ fn faults_per_step(before: (u64, u64), steps: usize) -> (f64, f64) {
     )
 }
 
-fn tiny(mode: &str, precision: &str, backend: &str, quick: bool) -> (f64, f64, (f64, f64)) {
-    let steps = if quick { 3 } else { 10 };
-    let overrides = vec![
+/// A step-time case of the tiny recipe with `sets` overrides, and its trainable parameters and
+/// the dry run's predicted memory in MiB.
+type TinyResult = ((f64, f64, (f64, f64)), (f64, f64));
+
+fn tiny(mode: &str, precision: &str, sets: &[String], backend: &str, quick: bool) -> TinyResult {
+    // Memory set-ups need only reach their peak: a few steps.
+    let steps = if quick || !sets.is_empty() { 3 } else { 10 };
+    let mut overrides = vec![
         format!("router.mode=\"{mode}\""),
         format!("precision=\"{precision}\""),
         format!("backend=\"{backend}\""),
@@ -185,8 +243,12 @@ fn tiny(mode: &str, precision: &str, backend: &str, quick: bool) -> (f64, f64, (
         // The recipe's 10 warm-up steps would outlast a --quick run (throughput is the same).
         "schedule.warmup_steps=1".to_owned(),
     ];
+    overrides.extend_from_slice(sets);
     let recipe = Recipe::parse(DEFAULT_RECIPE, "default", &overrides).unwrap();
     let mut trainer = Trainer::new(recipe).unwrap();
+    let budget = trainer.budget();
+    let trainable = budget.params_trainable as f64;
+    let predicted = budget.state_bytes(precision != "f32") / (1024.0 * 1024.0);
     trainer.step_once().unwrap(); // warm-up
     let faults = common::faults();
     let start = Instant::now();
@@ -196,9 +258,12 @@ fn tiny(mode: &str, precision: &str, backend: &str, quick: bool) -> (f64, f64, (
     }
     let s = start.elapsed().as_secs_f64();
     (
-        tokens as f64 / steps as f64,
-        s / steps as f64,
-        faults_per_step(faults, steps),
+        (
+            tokens as f64 / steps as f64,
+            s / steps as f64,
+            faults_per_step(faults, steps),
+        ),
+        (trainable, predicted),
     )
 }
 

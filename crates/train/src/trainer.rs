@@ -56,6 +56,19 @@ pub struct Budget {
     pub total_tokens: u64,
 }
 
+impl Budget {
+    /// Bytes of weights, gradients and AdamW state (activations not included): parameters that
+    /// take gradients keep f32 weights (plus a 2-byte copy when `half`-precision passes cast
+    /// them); those without (a LoRA base) are stored in the compute dtype; the trainable ones
+    /// add an f32 gradient and two f32 moments.
+    pub fn state_bytes(&self, half: bool) -> f64 {
+        let frozen = self.params_without_gradient as f64;
+        let graded = (self.params_total - self.params_without_gradient) as f64;
+        let (frozen_bytes, graded_bytes) = if half { (2.0, 6.0) } else { (4.0, 4.0) };
+        frozen * frozen_bytes + graded * graded_bytes + self.params_trainable as f64 * 12.0
+    }
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunOutcome {

@@ -18,7 +18,11 @@ fn balanced_recomputation_trains_bit_identically() {
             let strategy = device.gradient_checkpointing_strategy().unwrap();
             assert_eq!(
                 format!("{strategy:?}"),
-                if recompute == "none" { "Disabled" } else { "Balanced" }
+                if recompute == "none" {
+                    "Disabled"
+                } else {
+                    "Balanced"
+                }
             );
             let losses: Vec<f64> = steps(&mut trainer, 2).iter().map(|m| m.loss).collect();
             (losses, weights(&trainer))
