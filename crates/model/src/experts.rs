@@ -260,8 +260,9 @@ const GATHER_BACKWARD_ROWS_PER_EXPERT: usize = 128;
 /// thresholds `0 = c_0 < c_1 < … = max(counts)` chosen among the counts to minimise estimated
 /// work: per expert and pass `max(capacity, W)` rows, plus, for a pass that does not cover every
 /// expert, `2·W` per expert for gathering its weights and, when `training`,
-/// [`GATHER_BACKWARD_ROWS_PER_EXPERT`] per expert of the layer for the gather's backward. Ties
-/// prefer fewer passes.
+/// [`GATHER_BACKWARD_ROWS_PER_EXPERT`] per expert of the layer for the gather's backward. A pass
+/// runs every expert, padding those with no pairs in it, whenever that costs less than the
+/// gather (a few idle experts must not force one). Ties prefer fewer passes.
 ///
 /// Balanced loads run as one pass over every expert; decoding, which uses a few experts, gathers
 /// only those; a skewed load (a freshly initialised model sends most tokens to a few experts)
@@ -277,20 +278,25 @@ pub fn plan_tiers(counts: &[usize], training: bool) -> Vec<Tier> {
     if cuts[last] == 0 {
         return Vec::new();
     }
-    let tier_cost = |from: usize, to: usize| {
+    // A pass either runs every expert (those with no pairs in it only pad) or gathers the
+    // weights of the experts it needs: whichever costs less; `true` when every expert runs.
+    let tier_choice = |from: usize, to: usize| {
         let n = counts.iter().filter(|&&c| c > from).count();
         let rows = (to - from).max(w);
-        if n == e {
-            e * rows
+        let every = e * rows;
+        let gathered = n * (rows + 2 * w)
+            + if training {
+                GATHER_BACKWARD_ROWS_PER_EXPERT * e
+            } else {
+                0
+            };
+        if n == e || every <= gathered {
+            (every, true)
         } else {
-            n * (rows + 2 * w)
-                + if training {
-                    GATHER_BACKWARD_ROWS_PER_EXPERT * e
-                } else {
-                    0
-                }
+            (gathered, false)
         }
     };
+    let tier_cost = |from: usize, to: usize| tier_choice(from, to).0;
     // best[k][j]: least cost covering slots [0, cuts[j]) in k passes, and the previous cut.
     let mut best = vec![vec![(usize::MAX, 0usize); cuts.len()]; MAX_TIERS + 1];
     best[0][0] = (0, 0);
@@ -323,9 +329,12 @@ pub fn plan_tiers(counts: &[usize], training: bool) -> Vec<Tier> {
         .windows(2)
         .map(|pair| {
             let (from, to) = (cuts[pair[0]], cuts[pair[1]]);
-            let experts: Vec<usize> = (0..e).filter(|&x| counts[x] > from).collect();
+            let all_experts = tier_choice(from, to).1;
+            let experts: Vec<usize> = (0..e)
+                .filter(|&x| all_experts || counts[x] > from)
+                .collect();
             Tier {
-                all_experts: experts.len() == e,
+                all_experts,
                 experts,
                 capacity: to - from,
                 skip: from,
@@ -432,6 +441,23 @@ mod tests {
         assert_eq!(tiers.len(), 1);
         assert_eq!(tiers[0].experts, vec![0, 1, 2, 3]);
         assert_covers(&counts, &tiers);
+    }
+
+    #[test]
+    fn a_few_idle_experts_pad_rather_than_gather() {
+        // Measured on a fresh one-layer OLMoE model (64 experts, K 8, 128 tokens): three experts
+        // get no pair. Gathering the other 61 would cost a full-size weight gradient in backward.
+        let counts = [
+            59, 52, 51, 46, 46, 45, 43, 40, 33, 31, 29, 29, 26, 25, 24, 23, 22, 18, 18, 17, 17, 17,
+            17, 15, 15, 14, 14, 14, 13, 13, 13, 12, 11, 10, 10, 10, 10, 9, 9, 8, 8, 8, 8, 7, 7, 7,
+            6, 6, 5, 5, 5, 5, 4, 3, 3, 2, 2, 2, 1, 1, 1, 0, 0, 0,
+        ];
+        for training in [true, false] {
+            let tiers = plan_tiers(&counts, training);
+            assert!(tiers[0].all_experts, "{training}: {tiers:?}");
+            assert_eq!(tiers[0].experts.len(), 64);
+            assert_covers(&counts, &tiers);
+        }
     }
 
     #[test]
