@@ -198,6 +198,24 @@ fn lora_trains_the_adapters_and_the_gate_only() {
     }
 }
 
+/// Two replicas (the adapters forked with the model) train exactly as one device accumulating
+/// their two micro-batches.
+#[test]
+fn lora_on_two_replicas_equals_accumulation() {
+    let single = scratch("lora-dp-single");
+    let res = run(&lora_run(&single, 2, &["batch.grad_accum_steps=2"]));
+    assert!(res.status.success(), "{}", text(&res));
+    let parallel = scratch("lora-dp-two");
+    let res = run(&lora_run(&parallel, 2, &["devices=[0, 1]"]));
+    assert!(res.status.success(), "{}", text(&res));
+    let (a, b) = (weights(&checkpoint(&single, 2)), weights(&checkpoint(&parallel, 2)));
+    assert!(a.iter().any(|(p, _)| p.contains(".lora.")));
+    assert!(a == b, "two LoRA replicas differ from accumulation on one device");
+    for dir in [single, parallel] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
 /// `--dry-run` counts what LoRA trains: per layer r·(in + out) for q, k, v, o (64 → 64),
 /// E·r·(in + out) for the experts' gate/up (64 → 192) and down (96 → 64), and the router gate.
 #[test]
