@@ -187,10 +187,16 @@ fn dry_run(recipe: &Recipe, origin: &str) -> Result<()> {
         Ok((config, from)) => {
             let params = config.parameter_count();
             println!("parameters_total = {params} # counted from {from}");
-            println!(
-                "training_memory_gb = {:.1} # weights, gradients, AdamW state, nothing frozen; activations extra",
-                full_training_bytes(params, half) / 1e9
-            );
+            if recipe.lora.is_some() {
+                println!(
+                    "# training_memory_gb: LoRA's trainable parameters are counted once the model is built"
+                );
+            } else {
+                println!(
+                    "training_memory_gb = {:.1} # weights, gradients, AdamW state, nothing frozen; activations extra",
+                    full_training_bytes(params, half) / 1e9
+                );
+            }
         }
         Err(why) => println!("# parameters unknown: {why}"),
     }

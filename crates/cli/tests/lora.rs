@@ -208,9 +208,15 @@ fn lora_on_two_replicas_equals_accumulation() {
     let parallel = scratch("lora-dp-two");
     let res = run(&lora_run(&parallel, 2, &["devices=[0, 1]"]));
     assert!(res.status.success(), "{}", text(&res));
-    let (a, b) = (weights(&checkpoint(&single, 2)), weights(&checkpoint(&parallel, 2)));
+    let (a, b) = (
+        weights(&checkpoint(&single, 2)),
+        weights(&checkpoint(&parallel, 2)),
+    );
     assert!(a.iter().any(|(p, _)| p.contains(".lora.")));
-    assert!(a == b, "two LoRA replicas differ from accumulation on one device");
+    assert!(
+        a == b,
+        "two LoRA replicas differ from accumulation on one device"
+    );
     for dir in [single, parallel] {
         std::fs::remove_dir_all(dir).unwrap();
     }

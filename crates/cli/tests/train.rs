@@ -701,6 +701,24 @@ fn dry_run_plans_a_recipe_this_machine_cannot_run_yet() {
     let stdout = String::from_utf8_lossy(&res.stdout);
     assert!(stdout.contains(&want), "{want}: {stdout}");
     assert!(stdout.contains("config.json but no weights"), "{stdout}");
+    assert!(stdout.contains("training_memory_gb = "), "{stdout}");
+    // With LoRA the full-training figure would be wrong: it is not printed.
+    let res = run(&[
+        "train".into(),
+        "--recipe".into(),
+        "recipes/olmoe-seqtopk-math.toml".into(),
+        "--dry-run".into(),
+        "--set".into(),
+        format!("model.checkpoint=\"{}\"", out.display()),
+        "--set".into(),
+        "lora.r=16".into(),
+    ]);
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(!stdout.contains("training_memory_gb = "), "{stdout}");
+    assert!(
+        stdout.contains("counted once the model is built"),
+        "{stdout}"
+    );
     std::fs::remove_dir_all(&out).unwrap();
 }
 
