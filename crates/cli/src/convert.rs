@@ -303,19 +303,14 @@ fn run_upcycle(args: UpcycleArgs) -> Result<()> {
             force: args.force,
         },
     )?;
-    if let Some(hf_out) = &args.hf_out {
-        export_hf(
-            &model,
-            &config,
-            Some(&args.hf),
-            hf_out,
-            &ExportOptions {
-                dtype,
-                force: args.force,
-                ..ExportOptions::default()
-            },
-        )?;
-    }
+    export_hf_to(
+        &model,
+        &config,
+        &args.hf,
+        args.hf_out.as_deref(),
+        dtype,
+        args.force,
+    )?;
     print(json!({
         "out": out,
         "hf_out": args.hf_out,
@@ -327,6 +322,27 @@ fn run_upcycle(args: UpcycleArgs) -> Result<()> {
         "load_seconds": loaded_s,
         "seconds": start.elapsed().as_secs_f64(),
     }))
+}
+
+/// The `--hf-out` of `upcycle` and `merge`: `model` as an HF directory (tokenizer files from
+/// `source`), when one was asked for.
+fn export_hf_to(
+    model: &MoeTransformer,
+    config: &serde_json::Value,
+    source: &Path,
+    hf_out: Option<&Path>,
+    dtype: StorageDtype,
+    force: bool,
+) -> Result<()> {
+    if let Some(hf_out) = hf_out {
+        let options = ExportOptions {
+            dtype,
+            force,
+            ..ExportOptions::default()
+        };
+        export_hf(model, config, Some(source), hf_out, &options)?;
+    }
+    Ok(())
 }
 
 /// Refuses to start when an output exists and `--force` was not given.
@@ -377,19 +393,14 @@ fn run_merge(args: MergeArgs) -> Result<()> {
             },
         )?;
     }
-    if let Some(hf_out) = &args.hf_out {
-        export_hf(
-            &merged,
-            &base.hf_config,
-            Some(&args.checkpoint),
-            hf_out,
-            &ExportOptions {
-                dtype,
-                force: args.force,
-                ..ExportOptions::default()
-            },
-        )?;
-    }
+    export_hf_to(
+        &merged,
+        &base.hf_config,
+        &args.checkpoint,
+        args.hf_out.as_deref(),
+        dtype,
+        args.force,
+    )?;
     print(json!({
         "out": args.out,
         "hf_out": args.hf_out,

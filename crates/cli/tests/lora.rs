@@ -90,23 +90,32 @@ fn checkpoint(out: &Path, step: u64) -> PathBuf {
     out.join("checkpoints").join(format!("step-{step:06}"))
 }
 
-/// Logits of the real positions of a two-row padded batch.
-fn logits(model: &MoeTransformer) -> Vec<f32> {
-    let vocab = model.config().vocab_size as u32;
-    let ids: Vec<u32> = (0..2 * 9).map(|i| (i * 37 + 11) % vocab).collect();
-    let layout = TokenLayout::from_lengths(9, &[9, 6]).unwrap();
+/// The logits rows of the real (unpadded) positions of `all` `[B·T, V]` under `layout`.
+fn real_rows(all: &[f32], vocab: usize, layout: &TokenLayout) -> Vec<f32> {
+    all.chunks(vocab)
+        .zip(layout.valid())
+        .filter(|(_, v)| **v)
+        .flat_map(|(row, _)| row.to_vec())
+        .collect()
+}
+
+/// `model`'s logits at the real positions of `ids` under `layout`.
+fn real_logits(model: &MoeTransformer, ids: &[u32], layout: &TokenLayout) -> Vec<f32> {
     let all = model
-        .forward(&ids, &layout, &Device::flex())
+        .forward(ids, layout, &Device::flex())
         .unwrap()
         .logits
         .into_data()
         .try_into_vec_as::<f32>()
         .unwrap();
-    all.chunks(vocab as usize)
-        .zip(layout.valid())
-        .filter(|(_, v)| **v)
-        .flat_map(|(row, _)| row.to_vec())
-        .collect()
+    real_rows(&all, model.config().vocab_size, layout)
+}
+
+/// Logits of the real positions of a two-row padded batch.
+fn logits(model: &MoeTransformer) -> Vec<f32> {
+    let vocab = model.config().vocab_size as u32;
+    let ids: Vec<u32> = (0..2 * 9).map(|i| (i * 37 + 11) % vocab).collect();
+    real_logits(model, &ids, &TokenLayout::from_lengths(9, &[9, 6]).unwrap())
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -275,20 +284,11 @@ fn golden_error(checkpoint: &Path, adapter: &Path) -> f32 {
         .unwrap()
         .model;
     let (ids, layout, expected) = golden(adapter, "merged_logits");
-    let ours = model
-        .forward(&ids, &layout, &Device::flex())
-        .unwrap()
-        .logits
-        .into_data()
-        .try_into_vec_as::<f32>()
-        .unwrap();
     let vocab = model.config().vocab_size;
-    ours.chunks(vocab)
-        .zip(expected.chunks(vocab))
-        .zip(layout.valid())
-        .filter(|(_, v)| **v)
-        .map(|((a, b), _)| max_diff(a, b))
-        .fold(0.0, f32::max)
+    max_diff(
+        &real_logits(&model, &ids, &layout),
+        &real_rows(&expected, vocab, &layout),
+    )
 }
 
 /// `convert merge` of an adapter PEFT wrote gives PEFT's merged logits, natively and as an HF

@@ -550,39 +550,39 @@ fn linear_site(hf_name: String, l: &Linear) -> AdapterSite {
     }
 }
 
-/// PEFT's `lora_A.weight` `[r·E, in]` and `lora_B.weight` `[out, r·E]` from our `a`
-/// `[E, in, r]` and `b` `[E, r, out]` (row `e·r + j` of A, column `j·E + e` of B).
-pub fn to_peft(site: &AdapterSite, rank: usize, a: &[f32], b: &[f32]) -> (Vec<f32>, Vec<f32>) {
+/// Where each entry of our `a` `[E, in, r]` and `b` `[E, r, out]` (row-major) sits in PEFT's
+/// `lora_A.weight` `[r·E, in]` (row `e·r + j`) and `lora_B.weight` `[out, r·E]` (column
+/// `j·E + e`).
+fn peft_positions(site: &AdapterSite, rank: usize) -> (Vec<usize>, Vec<usize>) {
     let (e_n, d_in, d_out, r) = (site.num, site.d_in, site.d_out, rank);
-    let mut pa = vec![0.0; r * e_n * d_in];
-    let mut pb = vec![0.0; d_out * r * e_n];
+    let mut in_a = Vec::with_capacity(e_n * d_in * r);
+    let mut in_b = Vec::with_capacity(e_n * r * d_out);
     for e in 0..e_n {
+        for i in 0..d_in {
+            in_a.extend((0..r).map(|j| (e * r + j) * d_in + i));
+        }
         for j in 0..r {
-            for i in 0..d_in {
-                pa[(e * r + j) * d_in + i] = a[(e * d_in + i) * r + j];
-            }
-            for o in 0..d_out {
-                pb[o * r * e_n + j * e_n + e] = b[(e * r + j) * d_out + o];
-            }
+            in_b.extend((0..d_out).map(|o| o * r * e_n + j * e_n + e));
         }
     }
+    (in_a, in_b)
+}
+
+/// PEFT's `lora_A.weight` and `lora_B.weight` from our `a` and `b` (see [`peft_positions`]).
+pub fn to_peft(site: &AdapterSite, rank: usize, a: &[f32], b: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let (in_a, in_b) = peft_positions(site, rank);
+    let mut pa = vec![0.0; a.len()];
+    let mut pb = vec![0.0; b.len()];
+    in_a.iter().zip(a).for_each(|(&at, &v)| pa[at] = v);
+    in_b.iter().zip(b).for_each(|(&at, &v)| pb[at] = v);
     (pa, pb)
 }
 
 /// The inverse of [`to_peft`].
 pub fn from_peft(site: &AdapterSite, rank: usize, pa: &[f32], pb: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    let (e_n, d_in, d_out, r) = (site.num, site.d_in, site.d_out, rank);
-    let mut a = vec![0.0; e_n * d_in * r];
-    let mut b = vec![0.0; e_n * r * d_out];
-    for e in 0..e_n {
-        for j in 0..r {
-            for i in 0..d_in {
-                a[(e * d_in + i) * r + j] = pa[(e * r + j) * d_in + i];
-            }
-            for o in 0..d_out {
-                b[(e * r + j) * d_out + o] = pb[o * r * e_n + j * e_n + e];
-            }
-        }
-    }
-    (a, b)
+    let (in_a, in_b) = peft_positions(site, rank);
+    (
+        in_a.iter().map(|&at| pa[at]).collect(),
+        in_b.iter().map(|&at| pb[at]).collect(),
+    )
 }
