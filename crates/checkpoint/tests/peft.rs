@@ -8,9 +8,11 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 use safetensors::SafeTensors;
-use seqtopk_checkpoint::peft::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_adapter, save_adapter};
+use seqtopk_checkpoint::peft::{
+    ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_adapter, read_adapter_spec, save_adapter,
+};
 use seqtopk_checkpoint::{CheckpointError, load};
-use seqtopk_model::MoeTransformer;
+use seqtopk_model::{MoeTransformer, MoeTransformerConfig};
 use seqtopk_router::TokenLayout;
 
 const ADAPTED: [&str; 3] = ["olmoe-tiny", "qwen2_moe-tiny-sharded", "mixtral-tiny"];
@@ -102,6 +104,33 @@ fn peft_adapters_give_peft_logits() {
         let merged = adapted.merge_lora();
         let err = logit_error(&merged, &adapter, "merged_logits", &device);
         assert!(err < 1e-4, "{base}: merged logits off by {err}");
+    }
+}
+
+/// A dry run counts LoRA's parameters from the model's config alone (a 7 B model is not built
+/// to plan its run): the adapters' and `modules_to_save`'s, exactly as many as PEFT saved.
+#[test]
+fn lora_parameters_counted_from_the_config_are_those_peft_saved() {
+    for base in ADAPTED {
+        let adapter = fixture(&format!("{base}-lora"));
+        let spec = read_adapter_spec(&adapter).unwrap();
+        let config = MoeTransformerConfig::from_file(fixture(base).join("config.json")).unwrap();
+        let counted = spec.params(&config).unwrap();
+        let (mut lora, mut whole) = (0, 0);
+        for (key, (_, values)) in tensors(&adapter.join(ADAPTER_WEIGHTS)) {
+            match key.contains(".lora_") {
+                true => lora += values.len(),
+                false => whole += values.len(),
+            }
+        }
+        assert_eq!((counted.adapters, counted.saved), (lora, whole), "{base}");
+        assert!(lora > 0 && whole > 0, "{base}");
+        // PEFT's Mixtral adapter names the dense MLP projections, which Mixtral lacks.
+        let unmatched: &[&str] = match base {
+            "mixtral-tiny" => &["down_proj", "gate_proj", "up_proj"],
+            _ => &[],
+        };
+        assert_eq!(counted.unmatched, unmatched, "{base}");
     }
 }
 

@@ -32,7 +32,10 @@ pub use error::{ConfigError, LoadError, ModelError};
 pub use experts::{Experts, HfExperts, Tier, plan_tiers};
 pub use generate::{FinishReason, Generated, GenerationConfig, Generator, Step, sample_token};
 pub use loader::{HostTensor, SafetensorsSource, load_checkpoint, weight_files};
-pub use lora::{AdapterSite, FactorValues, LoraFactors, LoraSpec, from_peft, to_peft};
+pub use lora::{
+    AdapterSite, FactorValues, LoraFactors, LoraParams, LoraSpec, adapter_sites, from_peft,
+    to_peft, unmatched_target,
+};
 pub use mlp::SwiGlu;
 pub use model::{
     DecodeState, DecoderLayer, Ffn, HiddenOutput, ModelOutput, MoeTransformer, default_positions,

@@ -20,6 +20,7 @@ use seqtopk_rng::SplitMix64;
 
 use crate::model::{Ffn, MoeTransformer};
 use crate::{Experts, ModelError, SwiGlu};
+use crate::{FfnKind, MoeTransformerConfig};
 
 /// The trainable factors of one adapted weight: `ΔW_e = scale · a_e · b_e` for each of the `E`
 /// stacked matrices (`E = 1` for a linear layer).
@@ -155,6 +156,244 @@ pub struct AdapterSite {
     pub d_in: usize,
     /// Output width.
     pub d_out: usize,
+    /// Where the weight sits in the model.
+    place: Place,
+}
+
+/// A weight's place in a decoder layer: the layer and which of its weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Place {
+    layer: usize,
+    weight: LayerWeight,
+}
+
+/// One adaptable weight of a decoder layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LayerWeight {
+    /// Attention projection `q_proj`, `k_proj`, `v_proj`, `o_proj` (0–3).
+    Attention(usize),
+    /// Dense MLP projection `gate_proj`, `up_proj`, `down_proj` (0–2).
+    Mlp(usize),
+    /// Qwen2-MoE shared-expert projection, as [`LayerWeight::Mlp`].
+    SharedExpert(usize),
+    /// Stacked expert parameter, by its local path (`gate_up` or `down`).
+    Experts(&'static str),
+}
+
+const ATTENTION: [&str; 4] = ["q_proj", "k_proj", "v_proj", "o_proj"];
+const SWIGLU: [&str; 3] = ["gate_proj", "up_proj", "down_proj"];
+
+/// Every weight LoRA can adapt in a model of `config`, in HF order: the geometry the adapters,
+/// their PEFT layout and a dry run's parameter count all read.
+pub fn adapter_sites(config: &MoeTransformerConfig) -> Vec<AdapterSite> {
+    let h = config.hidden_size;
+    let q = config.num_attention_heads * config.head_dim;
+    let kv = config.num_key_value_heads * config.head_dim;
+    let mut sites = Vec::new();
+    let linear = |layer, weight, hf_name: String, d_in, d_out| AdapterSite {
+        hf_name,
+        experts: false,
+        num: 1,
+        d_in,
+        d_out,
+        place: Place { layer, weight },
+    };
+    let swiglu = |layer, prefix: &str, i, wrap: fn(usize) -> LayerWeight| {
+        let shapes = [(h, i), (h, i), (i, h)];
+        (0..3)
+            .map(|j| {
+                let name = format!("{prefix}.{}", SWIGLU[j]);
+                linear(layer, wrap(j), name, shapes[j].0, shapes[j].1)
+            })
+            .collect::<Vec<_>>()
+    };
+    for (l, ffn) in config.layers.iter().enumerate() {
+        let p = format!("model.layers.{l}");
+        let shapes = [(h, q), (h, kv), (h, kv), (q, h)];
+        for (j, name) in ATTENTION.iter().enumerate() {
+            let (d_in, d_out) = shapes[j];
+            let name = format!("{p}.self_attn.{name}");
+            sites.push(linear(l, LayerWeight::Attention(j), name, d_in, d_out));
+        }
+        match (ffn, &config.moe) {
+            (FfnKind::Dense { intermediate_size }, _) => {
+                sites.extend(swiglu(
+                    l,
+                    &format!("{p}.mlp"),
+                    *intermediate_size,
+                    LayerWeight::Mlp,
+                ));
+            }
+            (FfnKind::Moe, Some(moe)) => {
+                let (e, i) = (moe.num_experts, moe.expert_intermediate_size);
+                for (path, hf, d_in, d_out) in [
+                    ("gate_up", "gate_up_proj", h, 2 * i),
+                    ("down", "down_proj", i, h),
+                ] {
+                    sites.push(AdapterSite {
+                        hf_name: format!("{p}.mlp.experts.{hf}"),
+                        experts: true,
+                        num: e,
+                        d_in,
+                        d_out,
+                        place: Place {
+                            layer: l,
+                            weight: LayerWeight::Experts(path),
+                        },
+                    });
+                }
+                if let Some(i) = moe.shared_expert_intermediate_size {
+                    let prefix = format!("{p}.mlp.shared_expert");
+                    sites.extend(swiglu(l, &prefix, i, LayerWeight::SharedExpert));
+                }
+            }
+            (FfnKind::Moe, None) => {}
+        }
+    }
+    sites
+}
+
+/// A module `modules_to_save` can name: its HF path, its place (`None` for the embedding and
+/// the head) and its parameter count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct WholeModule {
+    hf_name: String,
+    place: WholePlace,
+    params: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WholePlace {
+    Embedding,
+    Attention(usize, usize),
+    Router(usize),
+    SharedExpertGate(usize),
+    Head,
+}
+
+/// Every module `modules_to_save` can name in a model of `config`, in HF order.
+fn whole_modules(config: &MoeTransformerConfig) -> Vec<WholeModule> {
+    let (h, v) = (config.hidden_size, config.vocab_size);
+    let q = config.num_attention_heads * config.head_dim;
+    let kv = config.num_key_value_heads * config.head_dim;
+    let module = |hf_name: String, place, params| WholeModule {
+        hf_name,
+        place,
+        params,
+    };
+    let mut out = vec![module(
+        "model.embed_tokens".into(),
+        WholePlace::Embedding,
+        v * h,
+    )];
+    for (l, ffn) in config.layers.iter().enumerate() {
+        let p = format!("model.layers.{l}");
+        let qkv_bias = usize::from(config.qkv_bias);
+        let params = [
+            h * q + qkv_bias * q,
+            h * kv + qkv_bias * kv,
+            h * kv + qkv_bias * kv,
+            q * h + usize::from(config.o_bias) * h,
+        ];
+        for (j, name) in ATTENTION.iter().enumerate() {
+            let name = format!("{p}.self_attn.{name}");
+            out.push(module(name, WholePlace::Attention(l, j), params[j]));
+        }
+        if let (FfnKind::Moe, Some(moe)) = (ffn, &config.moe) {
+            out.push(module(
+                format!("{p}.mlp.gate"),
+                WholePlace::Router(l),
+                h * moe.num_experts,
+            ));
+            if moe.shared_expert_intermediate_size.is_some() {
+                let name = format!("{p}.mlp.shared_expert_gate");
+                out.push(module(name, WholePlace::SharedExpertGate(l), h));
+            }
+        }
+    }
+    if !config.tie_word_embeddings {
+        out.push(module("lm_head".into(), WholePlace::Head, h * v));
+    }
+    out
+}
+
+/// Parameters a LoRA set-up trains and adds, counted from the config alone (what a dry run
+/// prints for a model too large to build here).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoraParams {
+    /// Parameters of the adapters' factors.
+    pub adapters: usize,
+    /// Base parameters `modules_to_save` trains in full.
+    pub saved: usize,
+    /// Targets that select nothing (PEFT tolerates them; a recipe's run refuses them).
+    pub unmatched: Vec<String>,
+}
+
+impl LoraSpec {
+    /// The parameters `self` would train on a model of `config`; an error names a bad rank
+    /// pattern.
+    pub fn params(&self, config: &MoeTransformerConfig) -> Result<LoraParams, ModelError> {
+        let (sites, unmatched) = self.select(adapter_sites(config));
+        let mut adapters = 0;
+        for site in &sites {
+            let (rank, _) = self.rank_and_scale(site)?;
+            adapters += site.num * rank * (site.d_in + site.d_out);
+        }
+        let saved = whole_modules(config)
+            .iter()
+            .filter(|m| {
+                self.modules_to_save
+                    .iter()
+                    .any(|n| m.hf_name.ends_with(n.as_str()))
+            })
+            .map(|m| m.params)
+            .sum();
+        Ok(LoraParams {
+            adapters,
+            saved,
+            unmatched,
+        })
+    }
+
+    /// The sites of `all` this spec's targets select, and the targets that select none.
+    fn select(&self, all: Vec<AdapterSite>) -> (Vec<AdapterSite>, Vec<String>) {
+        let mut used = vec![false; self.target_modules.len() + self.target_parameters.len()];
+        let mut sites = Vec::new();
+        for site in all {
+            let (targets, offset) = match site.experts {
+                false => (&self.target_modules, 0),
+                true => (&self.target_parameters, self.target_modules.len()),
+            };
+            let mut hit = false;
+            for (t, target) in targets.iter().enumerate() {
+                if selects(target, &site.hf_name) {
+                    used[offset + t] = true;
+                    hit = true;
+                }
+            }
+            if hit {
+                sites.push(site);
+            }
+        }
+        let unmatched = self
+            .target_modules
+            .iter()
+            .chain(&self.target_parameters)
+            .zip(&used)
+            .filter(|(_, u)| !**u)
+            .map(|(t, _)| t.clone())
+            .collect();
+        (sites, unmatched)
+    }
+}
+
+/// The error of a target that selects nothing.
+pub fn unmatched_target(target: &str) -> ModelError {
+    ModelError::Input(format!(
+        "lora target `{target}` selects nothing in this model (target_modules name linear \
+         modules such as q_proj, o_proj or a dense/shared-expert gate_proj; target_parameters \
+         name the stacked experts, gate_up_proj and down_proj)"
+    ))
 }
 
 /// Gives the factors of a site at a rank: `a` `[E, in, r]` and `b` `[E, r, out]`, row-major.
@@ -219,107 +458,69 @@ fn factors_on(
 impl MoeTransformer {
     /// Visits every weight LoRA can adapt, in HF order.
     fn for_each_site(&mut self, f: &mut dyn FnMut(AdapterSite, Slot<'_>)) {
-        for (i, layer) in self.layers.iter_mut().enumerate() {
-            let p = format!("model.layers.{i}");
-            let attn = &mut layer.self_attn;
-            for (name, l) in [
-                ("q_proj", &mut attn.q_proj),
-                ("k_proj", &mut attn.k_proj),
-                ("v_proj", &mut attn.v_proj),
-                ("o_proj", &mut attn.o_proj),
-            ] {
-                f(
-                    linear_site(format!("{p}.self_attn.{name}"), l),
-                    Slot::Linear(l),
-                );
-            }
-            match &mut layer.mlp {
-                Ffn::Dense(m) => swiglu_sites(format!("{p}.mlp"), m, f),
-                Ffn::Moe(moe) => {
-                    let [e, h, i2] = moe.experts.gate_up.base().dims();
-                    let gate_up = AdapterSite {
-                        hf_name: format!("{p}.mlp.experts.gate_up_proj"),
-                        experts: true,
-                        num: e,
-                        d_in: h,
-                        d_out: i2,
-                    };
-                    let down = AdapterSite {
-                        hf_name: format!("{p}.mlp.experts.down_proj"),
-                        experts: true,
-                        num: e,
-                        d_in: i2 / 2,
-                        d_out: h,
-                    };
-                    f(gate_up, Slot::Experts(&mut moe.experts, "gate_up"));
-                    f(down, Slot::Experts(&mut moe.experts, "down"));
-                    if let Some(shared) = &mut moe.shared_expert {
-                        swiglu_sites(format!("{p}.mlp.shared_expert"), shared, f);
-                    }
-                }
-            }
+        for site in adapter_sites(self.config()) {
+            let slot = self.slot(site.place);
+            f(site, slot);
+        }
+    }
+
+    /// The weight at `place` (a place [`adapter_sites`] gave for this model's config).
+    fn slot(&mut self, place: Place) -> Slot<'_> {
+        let layer = &mut self.layers[place.layer];
+        let attn = &mut layer.self_attn;
+        match (place.weight, &mut layer.mlp) {
+            (LayerWeight::Attention(j), _) => Slot::Linear(match j {
+                0 => &mut attn.q_proj,
+                1 => &mut attn.k_proj,
+                2 => &mut attn.v_proj,
+                _ => &mut attn.o_proj,
+            }),
+            (LayerWeight::Mlp(j), Ffn::Dense(m)) => Slot::Linear(swiglu_linear(m, j)),
+            (LayerWeight::SharedExpert(j), Ffn::Moe(moe)) => match &mut moe.shared_expert {
+                Some(m) => Slot::Linear(swiglu_linear(m, j)),
+                None => unreachable!("the config has a shared expert, the model none"),
+            },
+            (LayerWeight::Experts(path), Ffn::Moe(moe)) => Slot::Experts(&mut moe.experts, path),
+            _ => unreachable!("layer {} is not the kind its config says", place.layer),
         }
     }
 
     /// Visits every module `modules_to_save` can name, under its HF path.
     fn for_each_whole(&mut self, f: &mut dyn FnMut(String, Whole<'_>)) {
-        f(
-            "model.embed_tokens".into(),
-            Whole::Embedding(&mut self.embed_tokens),
-        );
-        for (i, layer) in self.layers.iter_mut().enumerate() {
-            let p = format!("model.layers.{i}");
-            let attn = &mut layer.self_attn;
-            for (name, l) in [
-                ("q_proj", &mut attn.q_proj),
-                ("k_proj", &mut attn.k_proj),
-                ("v_proj", &mut attn.v_proj),
-                ("o_proj", &mut attn.o_proj),
-            ] {
-                f(format!("{p}.self_attn.{name}"), Whole::Linear(l));
-            }
-            if let Ffn::Moe(moe) = &mut layer.mlp {
-                f(format!("{p}.mlp.gate"), Whole::Linear(&mut moe.gate));
-                if let Some(g) = &mut moe.shared_expert_gate {
-                    f(format!("{p}.mlp.shared_expert_gate"), Whole::Linear(g));
-                }
-            }
-        }
-        if let Some(head) = &mut self.lm_head {
-            f("lm_head".into(), Whole::Linear(head));
+        for module in whole_modules(self.config()) {
+            let whole = match module.place {
+                WholePlace::Embedding => Whole::Embedding(&mut self.embed_tokens),
+                WholePlace::Attention(l, j) => match self.slot(Place {
+                    layer: l,
+                    weight: LayerWeight::Attention(j),
+                }) {
+                    Slot::Linear(linear) => Whole::Linear(linear),
+                    Slot::Experts(..) => unreachable!("attention projections are linear"),
+                },
+                WholePlace::Router(l) => match &mut self.layers[l].mlp {
+                    Ffn::Moe(moe) => Whole::Linear(&mut moe.gate),
+                    Ffn::Dense(_) => unreachable!("layer {l} has a router in its config"),
+                },
+                WholePlace::SharedExpertGate(l) => match &mut self.layers[l].mlp {
+                    Ffn::Moe(moe) => match &mut moe.shared_expert_gate {
+                        Some(gate) => Whole::Linear(gate),
+                        None => unreachable!("the config has a shared expert gate"),
+                    },
+                    Ffn::Dense(_) => unreachable!("layer {l} has a router in its config"),
+                },
+                WholePlace::Head => match &mut self.lm_head {
+                    Some(head) => Whole::Linear(head),
+                    None => unreachable!("the config has an untied head"),
+                },
+            };
+            f(module.hf_name, whole);
         }
     }
 
     /// The weights `spec` adapts, in HF order, and the entries of `target_modules` and
     /// `target_parameters` that select nothing.
     pub fn lora_sites(&mut self, spec: &LoraSpec) -> (Vec<AdapterSite>, Vec<String>) {
-        let mut sites = Vec::new();
-        let mut used = vec![false; spec.target_modules.len() + spec.target_parameters.len()];
-        self.for_each_site(&mut |site, _| {
-            let (targets, offset) = match site.experts {
-                false => (&spec.target_modules, 0),
-                true => (&spec.target_parameters, spec.target_modules.len()),
-            };
-            let mut hit = false;
-            for (t, target) in targets.iter().enumerate() {
-                if selects(target, &site.hf_name) {
-                    used[offset + t] = true;
-                    hit = true;
-                }
-            }
-            if hit {
-                sites.push(site);
-            }
-        });
-        let unmatched = spec
-            .target_modules
-            .iter()
-            .chain(&spec.target_parameters)
-            .zip(&used)
-            .filter(|(_, u)| !**u)
-            .map(|(t, _)| t.clone())
-            .collect();
-        (sites, unmatched)
+        spec.select(adapter_sites(self.config()))
     }
 
     /// Freezes every parameter, attaches `spec`'s adapters (PEFT's initialisation: `A`
@@ -332,11 +533,7 @@ impl MoeTransformer {
         seed: u64,
     ) -> Result<(Self, Vec<AdapterSite>), ModelError> {
         if let Some(target) = self.lora_sites(spec).1.first() {
-            return Err(ModelError::Input(format!(
-                "lora target `{target}` selects nothing in this model (target_modules name \
-                 linear modules such as q_proj, o_proj or a dense/shared-expert gate_proj; \
-                 target_parameters name the stacked experts, gate_up_proj and down_proj)"
-            )));
+            return Err(unmatched_target(target));
         }
         let mut rng = SplitMix64::new(seed);
         self.with_lora_values(spec, &mut |site, r| {
@@ -529,24 +726,11 @@ impl MoeTransformer {
     }
 }
 
-fn swiglu_sites(prefix: String, m: &mut SwiGlu, f: &mut dyn FnMut(AdapterSite, Slot<'_>)) {
-    for (name, l) in [
-        ("gate_proj", &mut m.gate_proj),
-        ("up_proj", &mut m.up_proj),
-        ("down_proj", &mut m.down_proj),
-    ] {
-        f(linear_site(format!("{prefix}.{name}"), l), Slot::Linear(l));
-    }
-}
-
-fn linear_site(hf_name: String, l: &Linear) -> AdapterSite {
-    let [d_in, d_out] = l.weight.base().dims();
-    AdapterSite {
-        hf_name,
-        experts: false,
-        num: 1,
-        d_in,
-        d_out,
+fn swiglu_linear(m: &mut SwiGlu, j: usize) -> &mut Linear {
+    match j {
+        0 => &mut m.gate_proj,
+        1 => &mut m.up_proj,
+        _ => &mut m.down_proj,
     }
 }
 
