@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result};
 use clap::Args;
 use seqtopk_model::MoeTransformerConfig;
+use seqtopk_train::memory::{self, MemoryEstimate, StepShape};
 use seqtopk_train::{
-    DEFAULT_RECIPE, DEFAULT_RECIPE_NAME, Recipe, RunOutcome, Trainer, TrainerOptions,
+    Budget, DEFAULT_RECIPE, DEFAULT_RECIPE_NAME, Recipe, RunOutcome, Trainer, TrainerOptions,
 };
 
 /// Arguments of `train`.
@@ -148,33 +149,17 @@ fn eval_only(trainer: &mut Trainer, recipe: &Recipe, origin: &str, args: &TrainA
     Ok(())
 }
 
-/// f32 weights, gradients and AdamW state of a model nothing of which is frozen (a half-precision
-/// run adds a 2-byte copy of every weight): what a recipe costs before its model is built.
-fn full_training_bytes(params: usize, half: bool) -> f64 {
-    params as f64 * if half { 18.0 } else { 16.0 }
-}
-
 /// `--dry-run`: the resolved recipe and the run's cost. When the run cannot be built here (a
-/// backend not compiled in, a checkpoint or corpus not fetched yet), it prints what the recipe
-/// and the checkpoint's config.json tell, then what is missing; other errors stay errors.
+/// backend not compiled in, a checkpoint or corpus not fetched yet, a model too large for this
+/// machine's memory), the cost is counted from the recipe and the model's config.json, followed
+/// by what is missing; other errors stay errors.
 fn dry_run(recipe: &Recipe, origin: &str) -> Result<()> {
     println!("# resolved recipe ({origin})\n{}", recipe.to_toml());
-    let half = recipe.precision.compute_dtype().is_some();
     let missing = missing_to_run(recipe);
     let error = match Trainer::new(recipe.clone()) {
         Ok(trainer) => {
-            let budget = trainer.budget();
             println!("# budget");
-            println!("parameters_total = {}", budget.params_total);
-            println!("parameters_active_per_token = {}", budget.params_active);
-            println!("parameters_trainable = {}", budget.params_trainable);
-            println!("steps = {}", budget.steps);
-            println!("tokens_per_step = {}", budget.tokens_per_step);
-            println!("tokens_total = {}", budget.total_tokens);
-            println!(
-                "training_memory_gb = {:.1} # weights, gradients, AdamW state; activations extra",
-                budget.state_bytes(half) / 1e9
-            );
+            print_budget(recipe, &trainer.budget(), &trainer.memory_estimate());
             return Ok(());
         }
         Err(e) if missing.is_empty() => {
@@ -185,28 +170,19 @@ fn dry_run(recipe: &Recipe, origin: &str) -> Result<()> {
     println!("# budget (from the recipe and the model's config.json; the model was not built)");
     match planned_config(recipe) {
         Ok((config, from)) => {
-            let params = config.parameter_count();
-            println!("parameters_total = {params} # counted from {from}");
-            if recipe.lora.is_some() {
-                println!(
-                    "# training_memory_gb: LoRA's trainable parameters are counted once the model is built"
-                );
-            } else {
-                println!(
-                    "training_memory_gb = {:.1} # weights, gradients, AdamW state, nothing frozen; activations extra",
-                    full_training_bytes(params, half) / 1e9
-                );
-            }
+            println!("# parameters counted from {from}");
+            let budget =
+                Budget::planned(recipe, &config).with_context(|| format!("planning {origin}"))?;
+            let shape = StepShape::of(recipe, &config);
+            print_budget(recipe, &budget, &memory::estimate(&config, &budget, &shape));
         }
-        Err(why) => println!("# parameters unknown: {why}"),
-    }
-    if let Some(steps) = recipe.train.steps {
-        println!("steps = {steps}");
-    }
-    let per_step = recipe.tokens_per_step();
-    println!("tokens_per_step = {per_step}");
-    if let Some(steps) = recipe.train.steps {
-        println!("tokens_total = {}", per_step as u64 * steps);
+        Err(why) => {
+            println!("# parameters unknown: {why}");
+            if let Some(steps) = recipe.train.steps {
+                println!("steps = {steps}");
+            }
+            println!("tokens_per_step = {}", recipe.tokens_per_step());
+        }
     }
     let cwd = std::env::current_dir().map_or_else(|_| "?".into(), |d| d.display().to_string());
     println!("# missing to run (relative paths are read from {cwd}):");
@@ -215,6 +191,42 @@ fn dry_run(recipe: &Recipe, origin: &str) -> Result<()> {
     }
     tracing::warn!("dry run only: this recipe cannot run here yet ({error})");
     Ok(())
+}
+
+/// The budget lines of a dry run, with the predicted memory of one device.
+fn print_budget(recipe: &Recipe, budget: &Budget, memory: &MemoryEstimate) {
+    println!("parameters_total = {}", budget.params_total);
+    println!("parameters_active_per_token = {}", budget.params_active);
+    println!("parameters_trainable = {}", budget.params_trainable);
+    println!("steps = {}", budget.steps);
+    println!("tokens_per_step = {}", budget.tokens_per_step);
+    println!("tokens_total = {}", budget.total_tokens);
+    // Three significant digits or so, for a 7 B model and a test fixture alike.
+    let gb = |bytes: f64| {
+        let gb = bytes / 1e9;
+        let decimals = if gb >= 10.0 {
+            1
+        } else if gb >= 1.0 {
+            2
+        } else {
+            4
+        };
+        format!("{gb:.decimals$}")
+    };
+    println!(
+        "training_memory_gb = {} # weights, gradients, AdamW state",
+        gb(memory.weights + memory.optimizer)
+    );
+    println!(
+        "activation_memory_gb = {} # kept for backward: {} rows x {} tokens per device",
+        gb(memory.activations),
+        recipe.batch.micro_batch_size,
+        recipe.data.seq_len
+    );
+    println!(
+        "peak_memory_gb = {} # per device: the above + the largest working set",
+        gb(memory.peak())
+    );
 }
 
 /// The model config a recipe trains: its `[model.config]`, or its checkpoint's config.json.

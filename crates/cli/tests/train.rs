@@ -2,6 +2,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use burn::module::Module;
 use burn::store::{BurnpackStore, ModuleSnapshot};
 use burn::tensor::Device;
 use seqtopk_model::{MoeTransformer, MoeTransformerConfig};
-use support::{fixture, ok_json, repo_root, scratch, text};
+use support::{ok_json, repo_root, scratch, text};
 
 /// The tiny recipe shrunk further so each step takes a fraction of a second in debug builds.
 fn small_run(out: &Path, steps: u64, extra: &[&str]) -> Vec<String> {
@@ -683,26 +684,78 @@ fn dry_run_plans_a_recipe_this_machine_cannot_run_yet() {
         !cfg!(feature = "cuda"),
         "{stdout}"
     );
-    // With the checkpoint's config.json alone, the parameters are counted from it.
-    let out = scratch("plan");
-    let fixture = fixture("olmoe-tiny");
-    std::fs::copy(fixture.join("config.json"), out.join("config.json")).unwrap();
-    let res = run(&[
-        "train".into(),
-        "--recipe".into(),
-        "recipes/olmoe-seqtopk-math.toml".into(),
-        "--dry-run".into(),
-        "--set".into(),
-        format!("model.checkpoint=\"{}\"", out.display()),
-    ]);
+    // With the checkpoint's config.json alone, the budget is counted from it, and it is the
+    // budget of the built model (weights at hand, CPU backend, the shipped sample corpus):
+    // parameters and predicted memory, for full fine-tuning and for LoRA.
+    let trained = scratch("plan-trained");
+    let res = run(&small_run(&trained, 3, &[]));
     assert!(res.status.success(), "{}", text(&res));
-    let model = seqtopk_model::load_checkpoint(&fixture, &Device::flex()).unwrap();
-    let want = format!("parameters_total = {} ", model.num_params());
-    let stdout = String::from_utf8_lossy(&res.stdout);
-    assert!(stdout.contains(&want), "{want}: {stdout}");
-    assert!(stdout.contains("config.json but no weights"), "{stdout}");
-    assert!(stdout.contains("training_memory_gb = "), "{stdout}");
-    // With LoRA the full-training figure would be wrong: it is not printed.
+    let fixture = trained.join("final");
+    let out = scratch("plan");
+    std::fs::copy(fixture.join("config.json"), out.join("config.json")).unwrap();
+    let budget = |checkpoint: &Path, extra: &[&str]| {
+        let mut args: Vec<String> = [
+            "train",
+            "--recipe",
+            "recipes/olmoe-seqtopk-math.toml",
+            "--dry-run",
+            "--set",
+            "backend=\"cpu\"",
+            "--set",
+            "data.tokenizer=\"data/samples/tokenizers/olmoe/tokenizer.json\"",
+            "--set",
+            "data.sources=[{path=\"data/samples/math/math_train.jsonl\", format=\"prompt_completion\", domain=\"math\"}]",
+            "--set",
+            "data.seq_len=256",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend([
+            "--set".into(),
+            format!("model.checkpoint=\"{}\"", checkpoint.display()),
+        ]);
+        for e in extra {
+            args.extend(["--set".into(), (*e).to_owned()]);
+        }
+        let res = run(&args);
+        assert!(res.status.success(), "{}", text(&res));
+        let stdout = String::from_utf8_lossy(&res.stdout).into_owned();
+        let planned = stdout.contains("the model was not built");
+        let lines: BTreeMap<String, String> = stdout
+            .lines()
+            .skip_while(|l| !l.starts_with("# budget"))
+            .filter_map(|l| l.split_once(" = "))
+            .map(|(k, v)| (k.to_owned(), v.split(" #").next().unwrap().to_owned()))
+            .collect();
+        (planned, lines)
+    };
+    let model = seqtopk_checkpoint::load(&fixture, &Device::flex()).unwrap().model;
+    let gb = |lines: &BTreeMap<String, String>, key: &str| -> f64 { lines[key].parse().unwrap() };
+    let mut full_state = 0.0;
+    for extra in [&[][..], &["lora.r=16"][..]] {
+        let (planned, from_config) = budget(&out, extra);
+        let (built_too, built) = budget(&fixture, extra);
+        assert!(planned && !built_too, "{extra:?}");
+        assert_eq!(from_config, built, "{extra:?}");
+        for key in [
+            "parameters_total",
+            "parameters_trainable",
+            "training_memory_gb",
+            "activation_memory_gb",
+            "peak_memory_gb",
+        ] {
+            assert!(built.contains_key(key), "{extra:?} lacks {key}: {built:?}");
+        }
+        assert!(gb(&built, "peak_memory_gb") > gb(&built, "training_memory_gb"));
+        match extra {
+            [] => {
+                assert_eq!(built["parameters_total"], model.num_params().to_string());
+                full_state = gb(&built, "training_memory_gb");
+            }
+            _ => assert!(gb(&built, "training_memory_gb") < full_state, "{built:?}"),
+        }
+    }
+    // A LoRA target that names nothing in the model is refused from the config alone too.
     let res = run(&[
         "train".into(),
         "--recipe".into(),
@@ -711,15 +764,16 @@ fn dry_run_plans_a_recipe_this_machine_cannot_run_yet() {
         "--set".into(),
         format!("model.checkpoint=\"{}\"", out.display()),
         "--set".into(),
-        "lora.r=16".into(),
+        "lora.target_modules=[\"w1\"]".into(),
     ]);
-    let stdout = String::from_utf8_lossy(&res.stdout);
-    assert!(!stdout.contains("training_memory_gb = "), "{stdout}");
+    assert!(!res.status.success());
     assert!(
-        stdout.contains("counted once the model is built"),
-        "{stdout}"
+        text(&res).contains("lora target `w1` selects nothing"),
+        "{}",
+        text(&res)
     );
     std::fs::remove_dir_all(&out).unwrap();
+    std::fs::remove_dir_all(&trained).unwrap();
 }
 
 #[test]

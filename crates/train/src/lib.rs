@@ -9,6 +9,7 @@
 
 mod error;
 mod gradients;
+pub mod memory;
 mod metrics;
 mod precision;
 pub mod recipe;

@@ -16,6 +16,7 @@ use seqtopk_router::TokenLayout;
 
 use crate::TrainError;
 use crate::gradients::ParamPaths;
+use crate::memory::{self, MemoryEstimate, StepShape};
 use crate::metrics::{DomainEval, DomainTally};
 use crate::precision::{LossScaler, Precision};
 use crate::recipe::{Recipe, Recompute};
@@ -58,15 +59,77 @@ pub struct Budget {
 }
 
 impl Budget {
+    /// The budget of `recipe` on a model of `config` routed at `top_k` (the config's K when
+    /// `None`) with `[total, trainable, without gradient]` parameters, over `steps` steps.
+    fn new(
+        recipe: &Recipe,
+        config: &MoeTransformerConfig,
+        top_k: Option<usize>,
+        [params_total, params_trainable, params_without_gradient]: [usize; 3],
+        steps: u64,
+    ) -> Self {
+        let params_active = match &config.moe {
+            Some(moe) => {
+                let per_expert = 3 * config.hidden_size * moe.expert_intermediate_size;
+                let k = top_k.unwrap_or(moe.num_experts_per_tok);
+                let idle = moe.num_experts.saturating_sub(k) * per_expert;
+                params_total - config.moe_layers().len() * idle
+            }
+            None => params_total,
+        };
+        let tokens_per_step = recipe.tokens_per_step();
+        Budget {
+            params_total,
+            params_active,
+            params_trainable,
+            params_without_gradient,
+            steps,
+            tokens_per_step,
+            total_tokens: tokens_per_step as u64 * steps,
+        }
+    }
+
+    /// The budget of `recipe` on a model of `config` counted without building the model (a dry
+    /// run of a model too large for this machine): everything trains, or LoRA's adapters and
+    /// `modules_to_save` do. `optimizer.freeze` is not applied (it matches built parameters);
+    /// steps are 0 when the recipe counts epochs.
+    pub fn planned(recipe: &Recipe, config: &MoeTransformerConfig) -> Result<Self, TrainError> {
+        let base = config.parameter_count();
+        let counts = match &recipe.lora {
+            None => [base, base, 0],
+            Some(lora) => {
+                let model_error = |e: seqtopk_model::ModelError| TrainError::Model(e.to_string());
+                let p = lora.spec().params(config).map_err(model_error)?;
+                if let Some(target) = p.unmatched.first() {
+                    return Err(model_error(seqtopk_model::unmatched_target(target)));
+                }
+                [base + p.adapters, p.adapters + p.saved, base - p.saved]
+            }
+        };
+        let top_k = recipe.router.as_ref().map(|r| r.top_k);
+        Ok(Self::new(
+            recipe,
+            config,
+            top_k,
+            counts,
+            recipe.train.steps.unwrap_or(0),
+        ))
+    }
+
     /// Bytes of weights, gradients and AdamW state (activations not included): parameters that
     /// take gradients keep f32 weights (plus a 2-byte copy when `half`-precision passes cast
     /// them); those without (a LoRA base) are stored in the compute dtype; the trainable ones
     /// add an f32 gradient and two f32 moments.
     pub fn state_bytes(&self, half: bool) -> f64 {
+        self.weight_bytes(half) + self.params_trainable as f64 * 12.0
+    }
+
+    /// Bytes of the weights alone, as [`Self::state_bytes`] counts them.
+    pub fn weight_bytes(&self, half: bool) -> f64 {
         let frozen = self.params_without_gradient as f64;
         let graded = (self.params_total - self.params_without_gradient) as f64;
         let (frozen_bytes, graded_bytes) = if half { (2.0, 6.0) } else { (4.0, 4.0) };
-        frozen * frozen_bytes + graded * graded_bytes + self.params_trainable as f64 * 12.0
+        frozen * frozen_bytes + graded * graded_bytes
     }
 }
 
@@ -249,7 +312,6 @@ impl Trainer {
 
     /// What the run costs.
     pub fn budget(&self) -> Budget {
-        let params_total = self.paths.num_params();
         let entries = self.paths.entries().iter();
         let trainable: usize = entries
             .clone()
@@ -257,29 +319,20 @@ impl Trainer {
             .map(|e| e.numel)
             .sum();
         let without_gradient: usize = entries.filter(|e| !e.trainable).map(|e| e.numel).sum();
-        let c = self.model.config();
-        let params_active = match &c.moe {
-            Some(moe) => {
-                let per_expert = 3 * c.hidden_size * moe.expert_intermediate_size;
-                let moe_layers = c.moe_layers().len();
-                let k = self
-                    .model
-                    .router()
-                    .map_or(moe.num_experts_per_tok, |r| r.config().top_k);
-                params_total - moe_layers * moe.num_experts.saturating_sub(k) * per_expert
-            }
-            None => params_total,
-        };
-        let tokens_per_step = self.recipe.tokens_per_step();
-        Budget {
-            params_total,
-            params_active,
-            params_trainable: trainable,
-            params_without_gradient: without_gradient,
-            steps: self.total_steps,
-            tokens_per_step,
-            total_tokens: tokens_per_step as u64 * self.total_steps,
-        }
+        let top_k = self.model.router().map(|r| r.config().top_k);
+        Budget::new(
+            &self.recipe,
+            self.model.config(),
+            top_k,
+            [self.paths.num_params(), trainable, without_gradient],
+            self.total_steps,
+        )
+    }
+
+    /// Predicted peak memory of one step on each device.
+    pub fn memory_estimate(&self) -> MemoryEstimate {
+        let config = self.model.config();
+        memory::estimate(config, &self.budget(), &StepShape::of(&self.recipe, config))
     }
 
     /// Held-out next-token loss per domain over the first `eval_batches` validation batches of

@@ -1,0 +1,263 @@
+//! Predicted peak memory of a training step on one device, from the model's config and the
+//! recipe's shapes: what `train --dry-run` prints before anything is allocated.
+//!
+//! The peak is the persistent state (weights, gradients, AdamW moments: [`Budget::state_bytes`]) plus what autodiff keeps from the forward pass for backward (the
+//! activations, counted tensor by tensor from this project's forward), plus the largest
+//! short-lived working set on top of them: the loss's logit chunks at the end of the forward
+//! pass, or the attention's score-sized gradients at the start of the backward pass. The counts
+//! follow Burn 0.22's autodiff, which keeps an operation's inputs (or output) only when its
+//! backward needs them: a matmul keeps both operands, `exp` its output, a product both factors,
+//! a cast or a sum nothing. The model's tensors are in the compute dtype (`a` bytes: 4, or 2 in
+//! a half-precision run); norm statistics, softmaxes and the router run in f32.
+
+use seqtopk_model::{FfnKind, MoeTransformerConfig, QkNorm};
+
+use crate::recipe::{Recipe, Recompute};
+use crate::trainer::Budget;
+
+/// Rows of logits per loss chunk are capped by this many elements (the model crate's chunk).
+const LOSS_CHUNK_ELEMENTS: usize = 16 << 20;
+
+/// Rows the batched expert dispatch runs per routed pair: it pads each pass's experts to a
+/// common count. Measured 1.2–1.5 on a freshly upcycled SmolLM2 (8 experts, top-2), whose
+/// router is far from balanced; a trained router pads less.
+const DISPATCH_PADDING: f64 = 1.3;
+
+/// Query rows per causal attention block, and most blocks (as the model's attention splits).
+const MIN_QUERY_BLOCK: usize = 128;
+const MAX_QUERY_BLOCKS: usize = 4;
+
+/// The shapes of one micro-batch on one device.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepShape {
+    /// Sequences per micro-batch on each device.
+    pub rows: usize,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+    /// Experts per token on average (the router's budget K; SeqTopK keeps the same total).
+    pub experts_per_token: usize,
+    /// Whether passes compute in bf16/f16.
+    pub half: bool,
+    /// Activation recomputation.
+    pub recompute: Recompute,
+    /// LoRA rank, when linear layers are adapted (their adapted weight is formed each pass).
+    pub lora_rank: Option<usize>,
+    /// Whether LoRA adapts the stacked experts (their low-rank branch runs on the activations).
+    pub lora_on_experts: bool,
+}
+
+impl StepShape {
+    /// The shape `recipe` trains `config` at.
+    pub fn of(recipe: &Recipe, config: &MoeTransformerConfig) -> Self {
+        let k = recipe
+            .router
+            .as_ref()
+            .map(|r| r.top_k)
+            .or(config.moe.as_ref().map(|m| m.num_experts_per_tok))
+            .unwrap_or(0);
+        Self {
+            rows: recipe.batch.micro_batch_size,
+            seq_len: recipe.data.seq_len,
+            experts_per_token: k,
+            half: recipe.precision.compute_dtype().is_some(),
+            recompute: recipe.train.recompute,
+            lora_rank: recipe.lora.as_ref().map(|l| l.r),
+            lora_on_experts: recipe
+                .lora
+                .as_ref()
+                .is_some_and(|l| !l.target_parameters.is_empty()),
+        }
+    }
+}
+
+/// Predicted bytes of one training step's peak on one device, by part.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MemoryEstimate {
+    /// Weights ([`Budget::weight_bytes`]).
+    pub weights: f64,
+    /// Gradients and AdamW moments of the trainable parameters.
+    pub optimizer: f64,
+    /// What the forward pass keeps for backward.
+    pub activations: f64,
+    /// The largest working set alive on top of the activations.
+    pub transient: f64,
+}
+
+impl MemoryEstimate {
+    /// Predicted peak bytes.
+    pub fn peak(&self) -> f64 {
+        self.weights + self.optimizer + self.activations + self.transient
+    }
+}
+
+/// The predicted peak of a step of `config` at `shape`, with `budget`'s parameter split.
+pub fn estimate(
+    config: &MoeTransformerConfig,
+    budget: &Budget,
+    shape: &StepShape,
+) -> MemoryEstimate {
+    let acts = Activations::new(config, shape);
+    let layers: f64 = config.layers.iter().map(|ffn| acts.layer(ffn)).sum();
+    let head = acts.head();
+    let (activations, attention_scores) = match shape.recompute {
+        Recompute::None => (layers + head, acts.scores_bytes()),
+        // Burn's balanced strategy keeps compute-bound outputs (matmuls) and recomputes the
+        // memory-bound ones from them: of each layer's softmax only the raw scores stay.
+        Recompute::Balanced => (acts.balanced(layers) + head, acts.scores_bytes()),
+    };
+    // Backward of the last layer's softmax holds the gradients of its probabilities, of the
+    // exponentials and of the scores at once.
+    let backward = 3.0 * attention_scores;
+    MemoryEstimate {
+        weights: budget.weight_bytes(shape.half),
+        optimizer: budget.state_bytes(shape.half) - budget.weight_bytes(shape.half),
+        activations,
+        transient: acts.loss_transient().max(backward),
+    }
+}
+
+/// Per-layer activation counts for one step shape.
+struct Activations<'a> {
+    c: &'a MoeTransformerConfig,
+    shape: StepShape,
+    /// Tokens of the micro-batch.
+    n: f64,
+    /// Bytes per compute-dtype element.
+    a: f64,
+}
+
+/// Bytes of an f32 element.
+const F32: f64 = 4.0;
+
+impl<'a> Activations<'a> {
+    fn new(c: &'a MoeTransformerConfig, shape: &StepShape) -> Self {
+        Self {
+            c,
+            shape: *shape,
+            n: (shape.rows * shape.seq_len) as f64,
+            a: if shape.half { 2.0 } else { F32 },
+        }
+    }
+
+    /// An RMSNorm over `width` per token: its f32 input, the normalised values and the scaled
+    /// output (a matmul's operand).
+    fn norm(&self, width: usize) -> f64 {
+        self.n * width as f64 * (F32 + 2.0 * self.a)
+    }
+
+    /// Score elements of one layer: `rows · heads · Σ_blocks queries · keys`, the causal blocks
+    /// skipping keys past each block's last query.
+    fn score_elements(&self) -> f64 {
+        let t = self.shape.seq_len;
+        let blocks = (t / MIN_QUERY_BLOCK).clamp(1, MAX_QUERY_BLOCKS);
+        let len = t.div_ceil(blocks);
+        let area: usize = (0..t)
+            .step_by(len.max(1))
+            .map(|start| len.min(t - start) * (start + len.min(t - start)))
+            .sum();
+        (self.shape.rows * self.c.num_attention_heads * area) as f64
+    }
+
+    fn scores_bytes(&self) -> f64 {
+        self.score_elements() * F32
+    }
+
+    /// Attention: q and k keep their projection, rotated half and rotary output; v its
+    /// projection; GQA materialises repeated k and v; the softmax keeps its exponentials (f32)
+    /// and probabilities; the merged heads feed `o_proj`; the mask is one byte per score.
+    fn attention(&self) -> f64 {
+        let c = self.c;
+        let q = (c.num_attention_heads * c.head_dim) as f64;
+        let kv = (c.num_key_value_heads * c.head_dim) as f64;
+        let gqa = c.num_key_value_heads < c.num_attention_heads;
+        let mut elements = 3.0 * q + 3.0 * kv + kv + q;
+        if gqa {
+            elements += 2.0 * q;
+        }
+        let mut bytes = self.n * elements * self.a;
+        bytes += match c.qk_norm {
+            QkNorm::None => 0.0,
+            _ => self.n * (q + kv) * (F32 + self.a),
+        };
+        if c.qkv_bias {
+            bytes += self.n * (q + 2.0 * kv) * self.a;
+        }
+        let s = self.score_elements();
+        bytes + s * (F32 + self.a) + s / c.num_attention_heads as f64
+    }
+
+    /// A SwiGLU MLP of width `i` on `rows` rows: the gate and up projections, the sigmoid, the
+    /// SiLU and their product (the down projection's operand).
+    fn swiglu(&self, rows: f64, i: usize) -> f64 {
+        rows * 5.0 * i as f64 * self.a
+    }
+
+    /// The feed-forward part of one layer.
+    fn ffn(&self, ffn: &FfnKind) -> f64 {
+        let h = self.c.hidden_size as f64;
+        match (ffn, &self.c.moe) {
+            (FfnKind::Dense { intermediate_size }, _) => self.swiglu(self.n, *intermediate_size),
+            (FfnKind::Moe, None) => 0.0,
+            (FfnKind::Moe, Some(moe)) => {
+                let e = moe.num_experts as f64;
+                // The router's f32 logits, probabilities and selection masks.
+                let router = self.n * e * 4.0 * F32;
+                // Each (token, expert) pair, padded as the dispatch pads: its gathered input,
+                // the SwiGLU, and its output weighted in f32; with LoRA on the experts, the
+                // low-rank branch holds about another input and intermediate row per pair.
+                let pairs = self.n * self.shape.experts_per_token as f64 * DISPATCH_PADDING;
+                let i = moe.expert_intermediate_size;
+                let mut experts = pairs * h * self.a + self.swiglu(pairs, i) + pairs * h * F32;
+                if self.shape.lora_on_experts {
+                    experts += pairs * (h + i as f64) * self.a;
+                }
+                let shared = moe
+                    .shared_expert_intermediate_size
+                    .map_or(0.0, |i| self.swiglu(self.n, i) + self.n * h * self.a);
+                router + experts + shared
+            }
+        }
+    }
+
+    /// LoRA on linear layers forms `W + s·A·B` for each adapted projection every pass and keeps
+    /// it for the input gradient: attention's four projections by default.
+    fn lora_weights(&self) -> f64 {
+        let c = self.c;
+        let h = c.hidden_size as f64;
+        let q = (c.num_attention_heads * c.head_dim) as f64;
+        let kv = (c.num_key_value_heads * c.head_dim) as f64;
+        self.shape
+            .lora_rank
+            .map_or(0.0, |_| (2.0 * h * q + 2.0 * h * kv) * self.a)
+    }
+
+    /// One decoder layer: two norms, the attention, the feed-forward part.
+    fn layer(&self, ffn: &FfnKind) -> f64 {
+        let h = self.c.hidden_size;
+        2.0 * self.norm(h) + self.attention() + self.ffn(ffn) + self.lora_weights()
+    }
+
+    /// Under balanced recomputation each layer keeps its raw scores (a matmul's output) in
+    /// place of the softmax's exponentials and probabilities, which backward recomputes; the
+    /// other element-wise intermediates are small next to them and counted as kept.
+    fn balanced(&self, layers: f64) -> f64 {
+        let l = self.c.num_hidden_layers() as f64;
+        let s = self.score_elements();
+        layers - l * s * F32
+    }
+
+    /// The final norm, and the loss's kept operands: the scored hidden states and their
+    /// gradient, and the head weight's gradient (computed in the forward pass).
+    fn head(&self) -> f64 {
+        let h = self.c.hidden_size as f64;
+        let v = self.c.vocab_size as f64;
+        self.norm(self.c.hidden_size) + 2.0 * self.n * h * self.a + v * h * self.a
+    }
+
+    /// One chunk of f32 logits and its softmax (the gradient overwrites the softmax).
+    fn loss_transient(&self) -> f64 {
+        let v = self.c.vocab_size;
+        let rows = (LOSS_CHUNK_ELEMENTS / v).max(16).min(self.n as usize);
+        2.0 * (rows * v) as f64 * F32
+    }
+}
