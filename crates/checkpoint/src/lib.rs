@@ -26,8 +26,8 @@ mod upcycle;
 use std::path::{Path, PathBuf};
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::{Device, Tensor};
-use seqtopk_model::{LoadError, MoeTransformer, load_checkpoint};
+use burn::tensor::{Device, FloatDType, Tensor};
+use seqtopk_model::{LoadError, MoeTransformer, load_checkpoint_in};
 use seqtopk_router::RouterConfig;
 use serde_json::Value;
 
@@ -302,6 +302,17 @@ pub fn load_with(
     device: &Device,
     verify: bool,
 ) -> Result<LoadedCheckpoint, CheckpointError> {
+    load_in(dir, device, verify, None)
+}
+
+/// [`load_with`] with the weights stored in `stored_in` as they are read (f32 when `None`): a
+/// half-precision model is loaded at half the memory, never whole in f32.
+pub fn load_in(
+    dir: impl AsRef<Path>,
+    device: &Device,
+    verify: bool,
+    stored_in: Option<FloatDType>,
+) -> Result<LoadedCheckpoint, CheckpointError> {
     let dir = dir.as_ref();
     if !dir.is_dir() {
         return Err(CheckpointError::NotADirectory {
@@ -313,7 +324,7 @@ pub fn load_with(
     let routing = recorded_routing(&config_path, &hf_config)?;
     let tokenizer = Some(dir.join("tokenizer.json")).filter(|p| p.is_file());
     let (mut model, format, dtype, manifest) = if native::is_native(dir) {
-        let (model, manifest) = load_native(dir, device, verify)?;
+        let (model, manifest) = load_native(dir, device, verify, stored_in)?;
         let dtype = manifest
             .storage_dtype()
             .map_err(|message| CheckpointError::Manifest {
@@ -329,10 +340,11 @@ pub fn load_with(
         })?;
         refuse_quantized_tensors(dir, &tensors)?;
         let dtype = uniform_dtype(&tensors);
-        let model = load_checkpoint(dir, device).map_err(|source| CheckpointError::Load {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        let model =
+            load_checkpoint_in(dir, device, stored_in).map_err(|source| CheckpointError::Load {
+                path: dir.to_path_buf(),
+                source,
+            })?;
         (model, CheckpointFormat::HuggingFace, dtype, None)
     };
     check_finite(&model, dir)?;

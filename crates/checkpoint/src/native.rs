@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::store::{BurnpackStore, FloatCastAdapter, ModuleSnapshot};
-use burn::tensor::Device;
+use burn::tensor::{Device, FloatDType};
 use seqtopk_model::{Init, LoadError, MoeTransformer, MoeTransformerConfig, WeightSource};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -321,6 +321,7 @@ pub fn load_native(
     dir: &Path,
     device: &Device,
     checksums: bool,
+    dtype: Option<FloatDType>,
 ) -> Result<(MoeTransformer, Manifest), CheckpointError> {
     let manifest = read_manifest(dir)?;
     verify_native(dir, &manifest, checksums)?;
@@ -330,16 +331,19 @@ pub fn load_native(
             path: dir.to_path_buf(),
             source: LoadError::Config(e),
         })?;
-    let mut model = MoeTransformer::build(&config, &mut Zeros, device).map_err(|source| {
-        CheckpointError::Load {
-            path: dir.to_path_buf(),
-            source,
-        }
-    })?;
+    let mut model =
+        MoeTransformer::build_stored_in(&config, &mut Zeros, device, dtype).map_err(|source| {
+            CheckpointError::Load {
+                path: dir.to_path_buf(),
+                source,
+            }
+        })?;
     let weights = dir.join(WEIGHTS_FILE);
     let mut store = BurnpackStore::from_file(&weights)
         .auto_extension(false)
-        .with_from_adapter(FloatCastAdapter::to(burn::tensor::DType::F32));
+        .with_from_adapter(FloatCastAdapter::to(
+            dtype.map_or(burn::tensor::DType::F32, burn::tensor::DType::from),
+        ));
     let result = model
         .load_from(&mut store)
         .map_err(|e| CheckpointError::Corrupt {

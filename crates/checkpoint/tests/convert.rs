@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
-use burn::tensor::Device;
+use burn::tensor::{Device, FloatDType};
 use seqtopk_checkpoint::{
     CheckpointError, CheckpointFormat, ExpertLayout, ExportOptions, ImportOptions, SaveOptions,
-    StorageDtype, UpcycleOptions, export_dir, export_hf, import_hf, inspect, load, save_native,
-    upcycle, verify,
+    StorageDtype, UpcycleOptions, export_dir, export_hf, import_hf, inspect, load, load_in,
+    save_native, upcycle, verify,
 };
 use seqtopk_model::{Ffn, LoadError, MoeTransformer};
 use seqtopk_router::TokenLayout;
@@ -584,4 +584,63 @@ fn an_f16_hf_export_loads_back_close_to_the_f32_model() {
     let half = seqtopk_model::load_checkpoint(&out, &device).unwrap();
     let d = max_diff(&logits(&half, &device), &logits(&loaded.model, &device));
     assert!(d > 0.0 && d < 0.05, "f16 vs f32 logits differ by {d}");
+}
+
+/// `load_in` stores the weights in half precision as it reads them, from either format: every
+/// parameter is bf16 and the model computes exactly what the f32 model cast afterwards does.
+#[test]
+fn half_precision_loads_equal_loading_then_casting() {
+    let device = Device::flex();
+    let native = scratch("half-load").join("native");
+    let hf = fixture("mixtral-tiny-bf16");
+    import_hf(&hf, &native, &ImportOptions::default(), &device).unwrap();
+    let ids: Vec<u32> = (0..12).map(|i| (i * 7 + 3) % 64).collect();
+    let layout = TokenLayout::dense(2, 6);
+    for dir in [hf.as_path(), native.as_path()] {
+        let half = load_in(dir, &device, true, Some(FloatDType::BF16))
+            .unwrap()
+            .model;
+        let mut dtypes = DtypeCount::default();
+        half.visit(&mut dtypes);
+        assert_eq!(
+            dtypes.other,
+            0,
+            "{}: {} non-bf16 parameters",
+            dir.display(),
+            dtypes.other
+        );
+        assert!(dtypes.bf16 > 0);
+        let cast = load(dir, &device)
+            .unwrap()
+            .model
+            .cast_for_compute(FloatDType::BF16);
+        let logits = |m: &MoeTransformer| -> Vec<f32> {
+            m.forward(&ids, &layout, &device)
+                .unwrap()
+                .logits
+                .into_data()
+                .to_vec()
+                .unwrap()
+        };
+        assert_eq!(logits(&half), logits(&cast), "{}", dir.display());
+    }
+    std::fs::remove_dir_all(&native).unwrap();
+}
+
+#[derive(Default)]
+struct DtypeCount {
+    bf16: usize,
+    other: usize,
+}
+
+impl burn::module::ModuleVisitor for DtypeCount {
+    fn visit_float<const D: usize>(
+        &mut self,
+        param: &burn::module::Param<burn::tensor::Tensor<D>>,
+    ) {
+        match param.val().dtype() {
+            burn::tensor::DType::BF16 => self.bf16 += 1,
+            _ => self.other += 1,
+        }
+    }
 }

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::Device;
+use burn::tensor::{Device, FloatDType};
 use clap::Args;
 use seqtopk_backend::Backend;
 use seqtopk_model::MoeTransformer;
@@ -35,32 +35,38 @@ pub struct VerifyArgs {
 }
 
 impl VerifyArgs {
-    /// Loads `dir`, verified unless `--no-verify`.
+    /// Loads `dir`, verified unless `--no-verify`, its weights stored in `precision`'s dtype as
+    /// they are read (a half-precision model never sits whole in f32).
     pub fn load(
         &self,
         dir: &Path,
         device: &Device,
+        precision: &PrecisionArgs,
     ) -> Result<seqtopk_checkpoint::LoadedCheckpoint> {
-        Ok(seqtopk_checkpoint::load_with(dir, device, !self.no_verify)?)
+        let dtype = precision.dtype_on(device)?;
+        Ok(seqtopk_checkpoint::load_in(
+            dir,
+            device,
+            !self.no_verify,
+            dtype,
+        )?)
     }
 }
 
 /// The float type an inference command holds its weights and computes in.
 #[derive(Debug, Clone, Args)]
 pub struct PrecisionArgs {
-    /// f32, or bf16/f16: the weights are cast after loading (half the memory from then on) and
-    /// every pass computes in that type, norms, attention softmax, routing and logits in f32 as
-    /// in training's mixed precision.
+    /// f32, or bf16/f16: the weights are stored in that type as they are read (half the memory)
+    /// and every pass computes in it, norms, attention softmax, routing and logits in f32 as in
+    /// training's mixed precision.
     #[arg(long, default_value = "f32")]
     pub precision: Precision,
 }
 
 impl PrecisionArgs {
-    /// `model` in the chosen precision, or an error when `device` cannot compute in it.
-    pub fn apply(&self, model: MoeTransformer, device: &Device) -> Result<MoeTransformer> {
-        let Some(dtype) = self.precision.compute_dtype() else {
-            return Ok(model);
-        };
+    /// The half-precision dtype chosen (`None` for f32), or an error when `device` cannot
+    /// compute in it.
+    fn dtype_on(&self, device: &Device) -> Result<Option<FloatDType>> {
         if !self.precision.is_supported_by(device) {
             bail!(
                 "--precision {}: this device computes in {} only",
@@ -68,7 +74,7 @@ impl PrecisionArgs {
                 Precision::supported_by(device)
             );
         }
-        Ok(model.cast_for_compute(dtype))
+        Ok(self.precision.compute_dtype())
     }
 }
 

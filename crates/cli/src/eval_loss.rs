@@ -54,8 +54,10 @@ pub fn run(args: LossArgs) -> Result<()> {
             out.display()
         );
     }
-    let loaded = args.verify.load(&args.checkpoint, &device)?;
-    let mut model = args.precision.apply(loaded.model, &device)?;
+    let loaded = args
+        .verify
+        .load(&args.checkpoint, &device, &args.precision)?;
+    let mut model = loaded.model;
     let router = apply_router(&mut model, &args.router)?;
     log_routing(&router, loaded.routing.is_some(), &args.router);
     let vocab = model.config().vocab_size;

@@ -202,8 +202,7 @@ pub fn run(args: TaskArgs) -> Result<()> {
     check_output(&args.markdown, args.overwrite, "--markdown")?;
 
     let device = args.device.device()?;
-    let mut loaded = args.verify.load(&checkpoint, &device)?;
-    loaded.model = args.precision.apply(loaded.model, &device)?;
+    let mut loaded = args.verify.load(&checkpoint, &device, &args.precision)?;
     let tokenizer_path = loaded.tokenizer.clone().with_context(|| {
         format!(
             "checkpoint {} has no tokenizer.json beside its weights: copy the tokenizer the model was trained with there (for OLMoE: data/samples/tokenizers/olmoe/tokenizer.json)",

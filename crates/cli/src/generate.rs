@@ -80,8 +80,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         bail!("nothing to generate from: pass --prompt TEXT, --prompts FILE or --input-ids FILE");
     }
     let device = args.device.device()?;
-    let loaded = args.verify.load(&args.checkpoint, &device)?;
-    let mut model = args.precision.apply(loaded.model, &device)?;
+    let loaded = args
+        .verify
+        .load(&args.checkpoint, &device, &args.precision)?;
+    let mut model = loaded.model;
     let router = apply_router(&mut model, &args.router)?;
     log_routing(&router, loaded.routing.is_some(), &args.router);
     let tokenizer = match &loaded.tokenizer {

@@ -31,7 +31,9 @@ pub use config::{Family, FfnKind, MoeConfig, MoeTransformerConfig, QkNorm};
 pub use error::{ConfigError, LoadError, ModelError};
 pub use experts::{Experts, HfExperts, Tier, plan_tiers};
 pub use generate::{FinishReason, Generated, GenerationConfig, Generator, Step, sample_token};
-pub use loader::{HostTensor, SafetensorsSource, load_checkpoint, weight_files};
+pub use loader::{
+    HostTensor, SafetensorsSource, load_checkpoint, load_checkpoint_in, weight_files,
+};
 pub use lora::{
     AdapterSite, FactorValues, LoraFactors, LoraParams, LoraSpec, adapter_sites, from_peft,
     to_peft, unmatched_target,

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::Device;
+use burn::tensor::{Device, FloatDType};
 use safetensors::tensor::{Dtype, Metadata};
 
 use crate::config::{Family, MoeTransformerConfig};
@@ -293,10 +293,19 @@ pub fn load_checkpoint(
     dir: impl AsRef<Path>,
     device: &Device,
 ) -> Result<MoeTransformer, LoadError> {
+    load_checkpoint_in(dir, device, None)
+}
+
+/// [`load_checkpoint`] with the weights stored in `dtype` as they are read (f32 when `None`).
+pub fn load_checkpoint_in(
+    dir: impl AsRef<Path>,
+    device: &Device,
+    dtype: Option<FloatDType>,
+) -> Result<MoeTransformer, LoadError> {
     let dir = dir.as_ref();
     let config = MoeTransformerConfig::from_file(dir.join("config.json"))?;
     let mut source = SafetensorsSource::open_dir(dir)?;
-    MoeTransformer::build(&config, &mut source, device)
+    MoeTransformer::build_stored_in(&config, &mut source, device, dtype)
 }
 
 impl From<seqtopk_router::RoutingError> for LoadError {

@@ -3,7 +3,7 @@
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, Linear};
 use burn::tensor::module::linear;
-use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
 use seqtopk_router::{ExpertCache, Router, RouterConfig, RouterOutput, RoutingMode, TokenLayout};
 
 use crate::attention::{Attention, AttentionMask, LayerKvCache, attention_mask};
@@ -11,6 +11,7 @@ use crate::config::{Family, FfnKind, MoeTransformerConfig, QkNorm};
 use crate::mlp::SwiGlu;
 use crate::moe::{RouteCall, SparseMoe};
 use crate::norm::RmsNorm;
+use crate::precision::stored_in;
 use crate::rope;
 use crate::weights::{Init, WeightSource, transpose};
 use crate::{LoadError, ModelError};
@@ -184,16 +185,30 @@ impl MoeTransformer {
         source: &mut dyn WeightSource,
         device: &Device,
     ) -> Result<Self, LoadError> {
+        Self::build_stored_in(config, source, device, None)
+    }
+
+    /// [`Self::build`] with every weight stored in `dtype` (f32 when `None`) as soon as its part
+    /// of the model is built: a half-precision model never holds more than one layer in f32.
+    pub fn build_stored_in(
+        config: &MoeTransformerConfig,
+        source: &mut dyn WeightSource,
+        device: &Device,
+        dtype: Option<FloatDType>,
+    ) -> Result<Self, LoadError> {
         let c = config;
         let (h, v) = (c.hidden_size, c.vocab_size);
         let embed = source.tensor("model.embed_tokens.weight", &[v, h], Init::Normal(0.02))?;
-        let embed_tokens = Embedding {
-            weight: Param::from_data(TensorData::new(embed, [v, h]), device),
-        };
+        let embed_tokens = stored_in(
+            Embedding {
+                weight: Param::from_data(TensorData::new(embed, [v, h]), device),
+            },
+            dtype,
+        );
         let mut layers = Vec::with_capacity(c.layers.len());
         for (i, kind) in c.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
-            layers.push(DecoderLayer {
+            let layer = DecoderLayer {
                 input_layernorm: norm(
                     source,
                     &format!("{p}.input_layernorm.weight"),
@@ -221,13 +236,18 @@ impl MoeTransformer {
                     )?),
                     FfnKind::Moe => Ffn::Moe(build_moe(c, source, &p, device)?),
                 },
-            });
+            };
+            layers.push(stored_in(layer, dtype));
         }
-        let final_norm = norm(source, "model.norm.weight", h, c.rms_norm_eps, device)?;
+        let final_norm = stored_in(
+            norm(source, "model.norm.weight", h, c.rms_norm_eps, device)?,
+            dtype,
+        );
         let lm_head = if c.tie_word_embeddings {
             None
         } else {
-            Some(linear_from(source, "lm_head", h, v, false, device)?)
+            let head = linear_from(source, "lm_head", h, v, false, device)?;
+            Some(stored_in(head, dtype))
         };
         let mut model = Self {
             embed_tokens,

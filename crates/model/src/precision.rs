@@ -8,6 +8,14 @@ use crate::MoeTransformer;
 /// Casts every float parameter to one dtype.
 struct CastParams(FloatDType);
 
+/// `module` with its float parameters stored in `dtype` (as they are when `None`).
+pub(crate) fn stored_in<M: Module>(module: M, dtype: Option<FloatDType>) -> M {
+    match dtype {
+        Some(dtype) => module.map(&mut CastParams(dtype)),
+        None => module,
+    }
+}
+
 impl ModuleMapper for CastParams {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let dtype = self.0;
