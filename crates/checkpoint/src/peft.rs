@@ -108,7 +108,7 @@ pub fn adapter_config(spec: &LoraSpec, base_model: &str) -> Value {
         "base_model_name_or_path": base_model,
         "r": spec.rank,
         "lora_alpha": spec.alpha,
-        "lora_dropout": 0.0,
+        "lora_dropout": spec.dropout,
         "use_rslora": spec.use_rslora,
         "use_dora": false,
         "bias": "none",
@@ -283,6 +283,8 @@ pub fn read_adapter_spec(dir: &Path) -> Result<LoraSpec, CheckpointError> {
             .map(|(k, r)| (k, r as usize))
             .collect(),
         alpha_pattern: pattern("alpha_pattern")?,
+        // Training-only: loading an adapter for inference never applies it.
+        dropout: field("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0),
     })
 }
 

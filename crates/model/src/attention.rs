@@ -6,6 +6,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
 
 use crate::config::QkNorm;
+use crate::lora::linear_forward;
 use crate::norm::RmsNorm;
 use crate::rope;
 
@@ -90,9 +91,9 @@ impl Attention {
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let mut q = self.q_proj.forward(x.clone());
-        let mut k = self.k_proj.forward(x.clone());
-        let mut v = self.v_proj.forward(x);
+        let mut q = linear_forward(&self.q_proj, x.clone());
+        let mut k = linear_forward(&self.k_proj, x.clone());
+        let mut v = linear_forward(&self.v_proj, x);
         if !self.per_head_norm {
             if let Some(n) = &self.q_norm {
                 q = n.forward(q);
@@ -157,7 +158,7 @@ impl Attention {
             Tensor::cat(parts, 2)
         };
         let out = out.swap_dims(1, 2).reshape([b, t, nh * d]);
-        self.o_proj.forward(out)
+        linear_forward(&self.o_proj, out)
     }
 }
 

@@ -15,7 +15,8 @@
 
 use burn::module::{Module, Param, Reparameterization, Reparameterizer};
 use burn::nn::{Embedding, Linear};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::module::linear;
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use seqtopk_rng::SplitMix64;
 
 use crate::model::{Ffn, MoeTransformer};
@@ -32,6 +33,8 @@ pub struct LoraFactors {
     pub b: Param<Tensor<3>>,
     /// `alpha / r` (or `alpha / √r` with rsLoRA).
     pub scale: f64,
+    /// Dropout on the adapter's input while training (linear layers; PEFT `lora_dropout`).
+    pub dropout: f64,
 }
 
 impl Reparameterization for LoraFactors {
@@ -103,6 +106,8 @@ pub struct LoraSpec {
     pub rank_pattern: Vec<(String, usize)>,
     /// PEFT `alpha_pattern`: regex keys giving matching sites another alpha.
     pub alpha_pattern: Vec<(String, f64)>,
+    /// PEFT `lora_dropout`: dropout on linear adapters' input while training.
+    pub dropout: f64,
 }
 
 /// The value of the first `pattern` key that matches `name` as PEFT matches them: the regex
@@ -442,8 +447,7 @@ impl Reparameterizer for Attach {
 
 fn factors_on(
     site: &AdapterSite,
-    rank: usize,
-    scale: f64,
+    (rank, scale, dropout): (usize, f64, f64),
     a: Vec<f32>,
     b: Vec<f32>,
     device: &Device,
@@ -452,7 +456,33 @@ fn factors_on(
         a: Param::from_data(TensorData::new(a, [site.num, site.d_in, rank]), device),
         b: Param::from_data(TensorData::new(b, [site.num, rank, site.d_out]), device),
         scale,
+        // PEFT has no dropout for stacked expert parameters.
+        dropout: if site.experts { 0.0 } else { dropout },
     }
+}
+
+/// `x·W + b` of a linear layer. An adapter with dropout, while training (on an autodiff
+/// device), computes PEFT's `x·W₀ + b + s·(dropout(x)·A)·B`, which the folded weight
+/// `W₀ + s·A·B` cannot express; otherwise the layer runs on its (adapted) weight as it is.
+pub(crate) fn linear_forward<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+    let Some(f) = layer
+        .weight
+        .reparameterization::<LoraFactors>()
+        .filter(|f| f.dropout > 0.0 && x.device().is_autodiff())
+    else {
+        return layer.forward(x);
+    };
+    let dtype = x.dtype();
+    let factor = |p: &Param<Tensor<3>>| {
+        let [_, rows, cols] = p.val().dims();
+        p.val().reshape([rows, cols]).cast(dtype)
+    };
+    let keep = 1.0 - f.dropout;
+    let mask = x.random_like(Distribution::Bernoulli(keep));
+    let dropped = (x.clone() * mask).div_scalar(keep);
+    let low_rank = linear(linear(dropped, factor(&f.a), None), factor(&f.b), None);
+    let base = linear(x, layer.weight.base(), layer.bias.as_ref().map(Param::val));
+    base + low_rank.mul_scalar(f.scale)
 }
 
 impl MoeTransformer {
@@ -569,7 +599,9 @@ impl MoeTransformer {
                 .rank_and_scale(&site)
                 .and_then(|(rank, scale)| Ok((rank, scale, values(&site, rank)?)))
             {
-                Ok((rank, scale, (a, b))) => factors_on(&site, rank, scale, a, b, &device),
+                Ok((rank, scale, (a, b))) => {
+                    factors_on(&site, (rank, scale, spec.dropout), a, b, &device)
+                }
                 Err(e) => {
                     failure = Some(e);
                     return;

@@ -5,6 +5,8 @@ use burn::nn::Linear;
 use burn::tensor::Tensor;
 use burn::tensor::activation::silu;
 
+use crate::lora::linear_forward;
+
 /// `down(silu(gate(x)) ⊙ up(x))`, no biases (HF `*MLP` / Mixtral `w2(silu(w1 x) ⊙ w3 x)`).
 #[derive(Module, Debug)]
 pub struct SwiGlu {
@@ -20,7 +22,7 @@ impl SwiGlu {
     /// # Shapes
     /// `[..., H]` → `[..., H]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        let gate = silu(linear_forward(&self.gate_proj, x.clone()));
+        linear_forward(&self.down_proj, gate * linear_forward(&self.up_proj, x))
     }
 }

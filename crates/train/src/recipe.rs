@@ -85,7 +85,8 @@ pub struct LoraSection {
     /// `lora_alpha` (default `2·r`, LLaMA-Factory's choice): the update is `alpha/r · A·B`.
     #[serde(default)]
     pub alpha: Option<f64>,
-    /// Dropout on the adapter's input; only 0 (adapters are folded into the weights).
+    /// Dropout on the linear adapters' input while training (PEFT `lora_dropout`); 0 when
+    /// the stacked experts are adapted, as PEFT requires.
     #[serde(default)]
     pub dropout: f64,
     /// rsLoRA scaling `alpha/√r`.
@@ -132,10 +133,11 @@ impl LoraSection {
             modules_to_save: self.modules_to_save.clone(),
             rank_pattern: Vec::new(),
             alpha_pattern: Vec::new(),
+            dropout: self.dropout,
         }
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self, devices: usize) -> Result<(), String> {
         if self.r == 0 {
             return Err("lora.r: expected a rank of at least 1".into());
         }
@@ -144,11 +146,25 @@ impl LoraSection {
         {
             return Err(format!("lora.alpha: expected a positive number, got {a}"));
         }
-        if self.dropout != 0.0 {
+        if !(0.0..1.0).contains(&self.dropout) {
             return Err(format!(
-                "lora.dropout: got {}, but adapters are added to the weights they adapt \
-                 (W + s·A·B, as PEFT does for stacked experts), so dropout on their input is not \
-                 available; use 0",
+                "lora.dropout: expected a probability in [0, 1), got {}",
+                self.dropout
+            ));
+        }
+        if self.dropout > 0.0 && !self.target_parameters.is_empty() {
+            return Err(format!(
+                "lora.dropout: got {}, but the stacked experts are adapted (target_parameters = \
+                 {:?}), and PEFT has no dropout for them (its adapter would not load); set \
+                 lora.target_parameters = [] to adapt the linear modules with dropout, or use 0",
+                self.dropout, self.target_parameters
+            ));
+        }
+        if self.dropout > 0.0 && devices > 1 {
+            return Err(format!(
+                "lora.dropout: got {} with {devices} devices; masks drawn on several devices at \
+                 once would depend on thread timing and resume would not be exact: use one \
+                 device or 0",
                 self.dropout
             ));
         }
@@ -405,7 +421,7 @@ impl Recipe {
             return Err("devices: expected at least one device index".into());
         }
         if let Some(lora) = &self.lora {
-            lora.validate()?;
+            lora.validate(self.devices.len())?;
         }
         if let Some(d) = self
             .devices

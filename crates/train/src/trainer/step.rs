@@ -8,6 +8,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, FloatDType, Tensor};
 use seqtopk_data::Batch;
 use seqtopk_model::MoeTransformer;
+use seqtopk_rng::derive_seed;
 use seqtopk_router::{LbConvention, RoutingStats, load_balancing_loss, z_loss};
 
 use super::{Trainer, layout_of};
@@ -42,6 +43,14 @@ impl Trainer {
             n_micro: micro_batches.len() as f64,
             compute_dtype: self.recipe.precision.compute_dtype(),
             loss_scale: self.loss_scaler.map_or(1.0, |s| s.scale),
+            // LoRA dropout draws its masks from the device's generator, seeded per step so a
+            // resumed run draws the same ones.
+            dropout_seed: self
+                .recipe
+                .lora
+                .as_ref()
+                .filter(|l| l.dropout > 0.0)
+                .map(|_| derive_seed(self.recipe.seed, &[self.step])),
         };
         let passes = self.replica_passes(micro_batches, &pass)?;
         // Every replica's gradients move to the primary device (`GradientsParams::to_device`)
@@ -219,6 +228,8 @@ struct PassWeights {
     compute_dtype: Option<FloatDType>,
     /// What the loss is multiplied by before the backward pass (1 unless f16).
     loss_scale: f64,
+    /// Seed of the step's dropout masks (`None`: no dropout).
+    dropout_seed: Option<u64>,
 }
 
 /// What one replica computed for its share of the micro-batches.
@@ -250,6 +261,9 @@ fn replica_pass(
         routing: Vec::new(),
     };
     for &(index, batch) in batches {
+        if let Some(seed) = pass.dropout_seed {
+            device.seed(derive_seed(seed, &[index as u64]));
+        }
         let layout = layout_of(batch)?;
         // The cast copy is taken inside this micro-batch's autodiff graph, so its gradients reach
         // `model` in f32. (One copy per micro-batch: a backward pass consumes the graph.)
