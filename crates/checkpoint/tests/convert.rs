@@ -619,7 +619,7 @@ fn half_precision_loads_equal_loading_then_casting() {
                 .unwrap()
                 .logits
                 .into_data()
-                .to_vec()
+                .try_to_vec()
                 .unwrap()
         };
         assert_eq!(logits(&half), logits(&cast), "{}", dir.display());
