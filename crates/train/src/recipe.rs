@@ -319,6 +319,92 @@ pub enum Recompute {
     Balanced,
 }
 
+impl OptimizerSection {
+    fn validate(&self) -> Result<(), String> {
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(format!(
+                "optimizer.lr: expected a finite value > 0, got {}",
+                self.lr
+            ));
+        }
+        for (i, b) in self.betas.iter().enumerate() {
+            if !(0.0..1.0).contains(b) {
+                return Err(format!(
+                    "optimizer.betas[{i}]: expected a value in [0, 1), got {b}"
+                ));
+            }
+        }
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return Err(format!(
+                "optimizer.eps: expected a value > 0, got {}",
+                self.eps
+            ));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(format!(
+                "optimizer.weight_decay: expected a value >= 0, got {}",
+                self.weight_decay
+            ));
+        }
+        if !(self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0) {
+            return Err(format!(
+                "optimizer.max_grad_norm: expected a value >= 0 (0 disables clipping), got {}",
+                self.max_grad_norm
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl BatchSection {
+    fn validate(&self) -> Result<(), String> {
+        if self.micro_batch_size == 0 {
+            return Err("batch.micro_batch_size: expected at least 1".into());
+        }
+        if self.grad_accum_steps == 0 {
+            return Err("batch.grad_accum_steps: expected at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+impl TrainSection {
+    /// The run's length and cadences, and the schedule that must fit in it.
+    fn validate(&self, schedule: &ScheduleSection) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&schedule.min_lr_ratio) {
+            return Err(format!(
+                "schedule.min_lr_ratio: expected a value in [0, 1], got {}",
+                schedule.min_lr_ratio
+            ));
+        }
+        match (self.steps, self.epochs) {
+            (Some(_), Some(_)) => return Err("train: give either `steps` or `epochs`".into()),
+            (None, None) => return Err("train: expected `steps` or `epochs`".into()),
+            (Some(0), _) => return Err("train.steps: expected at least 1".into()),
+            (_, Some(e)) if !(e.is_finite() && e > 0.0) => {
+                return Err(format!("train.epochs: expected a value > 0, got {e}"));
+            }
+            _ => {}
+        }
+        if let Some(steps) = self.steps
+            && schedule.warmup_steps >= steps
+            && schedule.warmup_steps > 0
+        {
+            return Err(format!(
+                "schedule.warmup_steps: {} warm-up steps leave nothing of a {steps}-step run",
+                schedule.warmup_steps
+            ));
+        }
+        if self.log_every == 0 {
+            return Err("train.log_every: expected at least 1".into());
+        }
+        if self.keep_checkpoints == 0 {
+            return Err("train.keep_checkpoints: expected at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 fn one() -> u64 {
     1
 }
@@ -408,9 +494,6 @@ impl Recipe {
 
     /// Checks that need no files: each message names the field and what it expects.
     fn validate(&self) -> Result<(), String> {
-        let o = &self.optimizer;
-        let s = &self.schedule;
-        let t = &self.train;
         if self.name.trim().is_empty() || self.name.contains(['/', '\\']) {
             return Err(format!(
                 "name: expected a non-empty name without slashes, got {:?}",
@@ -420,9 +503,6 @@ impl Recipe {
         if self.devices.is_empty() {
             return Err("devices: expected at least one device index".into());
         }
-        if let Some(lora) = &self.lora {
-            lora.validate(self.devices.len())?;
-        }
         if let Some(d) = self
             .devices
             .iter()
@@ -430,6 +510,9 @@ impl Recipe {
             .find_map(|(i, d)| self.devices[..i].contains(d).then_some(d))
         {
             return Err(format!("devices: index {d} appears more than once"));
+        }
+        if let Some(lora) = &self.lora {
+            lora.validate(self.devices.len())?;
         }
         match (&self.model.checkpoint, &self.model.config) {
             (Some(_), Some(_)) => {
@@ -442,73 +525,9 @@ impl Recipe {
             }
             _ => {}
         }
-        if !(o.lr.is_finite() && o.lr > 0.0) {
-            return Err(format!(
-                "optimizer.lr: expected a finite value > 0, got {}",
-                o.lr
-            ));
-        }
-        for (i, b) in o.betas.iter().enumerate() {
-            if !(0.0..1.0).contains(b) {
-                return Err(format!(
-                    "optimizer.betas[{i}]: expected a value in [0, 1), got {b}"
-                ));
-            }
-        }
-        if !(o.eps.is_finite() && o.eps > 0.0) {
-            return Err(format!(
-                "optimizer.eps: expected a value > 0, got {}",
-                o.eps
-            ));
-        }
-        if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
-            return Err(format!(
-                "optimizer.weight_decay: expected a value >= 0, got {}",
-                o.weight_decay
-            ));
-        }
-        if !(o.max_grad_norm.is_finite() && o.max_grad_norm >= 0.0) {
-            return Err(format!(
-                "optimizer.max_grad_norm: expected a value >= 0 (0 disables clipping), got {}",
-                o.max_grad_norm
-            ));
-        }
-        if !(0.0..=1.0).contains(&s.min_lr_ratio) {
-            return Err(format!(
-                "schedule.min_lr_ratio: expected a value in [0, 1], got {}",
-                s.min_lr_ratio
-            ));
-        }
-        if self.batch.micro_batch_size == 0 {
-            return Err("batch.micro_batch_size: expected at least 1".into());
-        }
-        if self.batch.grad_accum_steps == 0 {
-            return Err("batch.grad_accum_steps: expected at least 1".into());
-        }
-        match (t.steps, t.epochs) {
-            (Some(_), Some(_)) => return Err("train: give either `steps` or `epochs`".into()),
-            (None, None) => return Err("train: expected `steps` or `epochs`".into()),
-            (Some(0), _) => return Err("train.steps: expected at least 1".into()),
-            (_, Some(e)) if !(e.is_finite() && e > 0.0) => {
-                return Err(format!("train.epochs: expected a value > 0, got {e}"));
-            }
-            _ => {}
-        }
-        if let Some(steps) = t.steps
-            && s.warmup_steps >= steps
-            && s.warmup_steps > 0
-        {
-            return Err(format!(
-                "schedule.warmup_steps: {} warm-up steps leave nothing of a {steps}-step run",
-                s.warmup_steps
-            ));
-        }
-        if t.log_every == 0 {
-            return Err("train.log_every: expected at least 1".into());
-        }
-        if t.keep_checkpoints == 0 {
-            return Err("train.keep_checkpoints: expected at least 1".into());
-        }
+        self.optimizer.validate()?;
+        self.batch.validate()?;
+        self.train.validate(&self.schedule)?;
         if let Some(scale) = &self.loss_scale {
             if self.precision != Precision::F16 {
                 return Err(format!(
