@@ -230,6 +230,32 @@ impl RouterConfig {
                 format!("must be between 1 and the number of experts ({e}), got {k}"),
             ));
         }
+        let cap = self.resolve_cap(e, k)?;
+        let floor = self.resolve_floor(k)?;
+        let top_p = self.resolve_top_p()?;
+        self.check_extras()?;
+        Ok(ResolvedConfig {
+            mode: self.mode,
+            num_experts: e,
+            top_k: k,
+            cap,
+            floor,
+            top_p,
+            online_budget: self.online_budget.unwrap_or_default(),
+            renormalize: self.renormalize.unwrap_or(model_norm_topk_prob),
+            load_balance: self.load_balance.clone(),
+            z_loss_coef: self.z_loss_coef,
+        })
+    }
+}
+
+impl RouterConfig {
+    /// Most experts a token may get: `top_k` for TopK, `K + 2` for the SeqTopK modes, `E` else.
+    fn resolve_cap(&self, e: usize, k: usize) -> Result<usize, RoutingError> {
+        let invalid = |message: String| RoutingError::InvalidConfig {
+            field: "cap",
+            message,
+        };
         let default_cap = match self.mode {
             RoutingMode::Topk => k,
             RoutingMode::Seqtopk | RoutingMode::OnlineSeqtopk => (k + 2).min(e),
@@ -237,25 +263,27 @@ impl RouterConfig {
         };
         let cap = self.cap.unwrap_or(default_cap);
         if self.mode == RoutingMode::Topk && cap != k {
-            return Err(invalid(
-                "cap",
-                format!(
-                    "mode `topk` gives every token exactly top_k = {k} experts; cap {cap} is meaningless"
-                ),
-            ));
+            return Err(invalid(format!(
+                "mode `topk` gives every token exactly top_k = {k} experts; cap {cap} is meaningless"
+            )));
         }
         if cap < k.min(e) && self.mode != RoutingMode::TopP {
-            return Err(invalid(
-                "cap",
-                format!("must be at least top_k = {k}, got {cap}"),
-            ));
+            return Err(invalid(format!("must be at least top_k = {k}, got {cap}")));
         }
         if cap == 0 || cap > e {
-            return Err(invalid(
-                "cap",
-                format!("must be between 1 and the number of experts ({e}), got {cap}"),
-            ));
+            return Err(invalid(format!(
+                "must be between 1 and the number of experts ({e}), got {cap}"
+            )));
         }
+        Ok(cap)
+    }
+
+    /// Fewest experts a token keeps: `top_k` for TopK, 0 for BatchTopK, 1 else.
+    fn resolve_floor(&self, k: usize) -> Result<usize, RoutingError> {
+        let invalid = |message: String| RoutingError::InvalidConfig {
+            field: "floor",
+            message,
+        };
         let default_floor = match self.mode {
             RoutingMode::BatchTopk => 0,
             RoutingMode::Topk => k,
@@ -264,40 +292,41 @@ impl RouterConfig {
         let floor = self.floor.unwrap_or(default_floor);
         match self.mode {
             RoutingMode::Topk if floor != k => {
-                return Err(invalid(
-                    "floor",
-                    format!("mode `topk` has floor = top_k = {k}"),
-                ));
+                Err(invalid(format!("mode `topk` has floor = top_k = {k}")))
             }
-            RoutingMode::TopP if floor != 1 => {
-                return Err(invalid(
-                    "floor",
-                    "mode `top_p` always keeps the top-1 (floor 1)".into(),
-                ));
-            }
+            RoutingMode::TopP if floor != 1 => Err(invalid(
+                "mode `top_p` always keeps the top-1 (floor 1)".into(),
+            )),
             RoutingMode::Seqtopk | RoutingMode::OnlineSeqtopk | RoutingMode::BatchTopk
                 if floor > 1 =>
             {
-                return Err(invalid("floor", format!("must be 0 or 1, got {floor}")));
+                Err(invalid(format!("must be 0 or 1, got {floor}")))
             }
-            _ => {}
+            _ => Ok(floor),
         }
-        let top_p = match (self.mode, self.top_p) {
-            (RoutingMode::TopP, Some(p)) if p > 0.0 && p <= 1.0 => p,
-            (RoutingMode::TopP, Some(p)) => {
-                return Err(invalid("top_p", format!("must be in (0, 1], got {p}")));
-            }
-            (RoutingMode::TopP, None) => {
-                return Err(invalid("top_p", "mode `top_p` needs a top_p value".into()));
-            }
-            (_, Some(_)) => {
-                return Err(invalid(
-                    "top_p",
-                    format!("only used by mode `top_p`, not `{}`", self.mode),
-                ));
-            }
-            (_, None) => 0.0,
+    }
+
+    /// The probability mass of mode `top_p` (0 for the other modes, which take none).
+    fn resolve_top_p(&self) -> Result<f64, RoutingError> {
+        let invalid = |message: String| RoutingError::InvalidConfig {
+            field: "top_p",
+            message,
         };
+        match (self.mode, self.top_p) {
+            (RoutingMode::TopP, Some(p)) if p > 0.0 && p <= 1.0 => Ok(p),
+            (RoutingMode::TopP, Some(p)) => Err(invalid(format!("must be in (0, 1], got {p}"))),
+            (RoutingMode::TopP, None) => Err(invalid("mode `top_p` needs a top_p value".into())),
+            (_, Some(_)) => Err(invalid(format!(
+                "only used by mode `top_p`, not `{}`",
+                self.mode
+            ))),
+            (_, None) => Ok(0.0),
+        }
+    }
+
+    /// The online budget belongs to its mode; loss coefficients are finite and non-negative.
+    fn check_extras(&self) -> Result<(), RoutingError> {
+        let invalid = |field, message: String| RoutingError::InvalidConfig { field, message };
         if let Some(rule) = self.online_budget
             && self.mode != RoutingMode::OnlineSeqtopk
         {
@@ -324,18 +353,7 @@ impl RouterConfig {
                 format!("must be a finite number >= 0, got {}", self.z_loss_coef),
             ));
         }
-        Ok(ResolvedConfig {
-            mode: self.mode,
-            num_experts: e,
-            top_k: k,
-            cap,
-            floor,
-            top_p,
-            online_budget: self.online_budget.unwrap_or_default(),
-            renormalize: self.renormalize.unwrap_or(model_norm_topk_prob),
-            load_balance: self.load_balance.clone(),
-            z_loss_coef: self.z_loss_coef,
-        })
+        Ok(())
     }
 }
 
