@@ -79,7 +79,12 @@ impl MoeTransformer {
             0,
             int_tensor(positions.iter().map(|&p| p as i64).collect(), &device),
         );
-        let track = hidden.is_tracked() || weight.is_tracked();
+        // Only what takes a gradient gets one: a frozen head (a LoRA run) skips the `[H, V]`
+        // weight gradient, a matmul as large as the head's forward.
+        let wants = Wants {
+            hidden: hidden.is_tracked(),
+            head: weight.is_tracked() || bias.as_ref().is_some_and(Tensor::is_tracked),
+        };
         let ids: Vec<i64> = positions.iter().map(|&p| i64::from(targets[p])).collect();
         let rows = rows.clamp(1, positions.len());
         // Off the graph (and off autodiff's dispatch): the graph only gets the surrogate.
@@ -89,21 +94,25 @@ impl MoeTransformer {
             bias.clone().map(Tensor::inner),
             &ids,
             rows,
-            track,
+            wants,
         );
         let value = chunks.nll.clone().sum();
-        let sum = match chunks.grads {
-            Some(grads) => {
-                // Summed in f32: half-precision sums of N·H products would overflow.
-                let f32_sum = |t: Tensor<2>| t.cast(DType::F32).sum();
-                let mut surrogate = f32_sum(hidden * grads.hidden) + f32_sum(weight * grads.weight);
-                if let (Some(bias), Some(grad)) = (bias, grads.bias) {
-                    let grad = grad.cast(bias.dtype());
-                    surrogate = surrogate + (bias * grad).cast(DType::F32).sum();
-                }
-                // Zero in value, the exact gradients in backward; the loss is a constant to it.
-                (surrogate.clone() - surrogate.detach()) + value
-            }
+        // Summed in f32: half-precision sums of N·H products would overflow.
+        let f32_sum = |t: Tensor<2>| t.cast(DType::F32).sum();
+        let mut terms = Vec::new();
+        if let Some(grad) = chunks.grads.hidden {
+            terms.push(f32_sum(hidden * grad));
+        }
+        if let Some(grad) = chunks.grads.weight {
+            terms.push(f32_sum(weight * grad));
+        }
+        if let (Some(bias), Some(grad)) = (bias, chunks.grads.bias) {
+            let grad = grad.cast(bias.dtype());
+            terms.push((bias * grad).cast(DType::F32).sum());
+        }
+        let sum = match terms.into_iter().reduce(|a, b| a + b) {
+            // Zero in value, the exact gradients in backward; the loss is a constant to it.
+            Some(surrogate) => (surrogate.clone() - surrogate.detach()) + value,
             None => value,
         };
         Ok(TargetNll {
@@ -114,15 +123,22 @@ impl MoeTransformer {
     }
 }
 
-/// Per-row losses and, when asked, the gradients of their sum.
+/// Per-row losses and, where asked, the gradients of their sum.
 struct HeadChunks {
     nll: Tensor<1>,
-    grads: Option<HeadGrads>,
+    grads: HeadGrads,
+}
+
+/// Which gradients the loss's sum must deliver.
+#[derive(Clone, Copy)]
+struct Wants {
+    hidden: bool,
+    head: bool,
 }
 
 struct HeadGrads {
-    hidden: Tensor<2>,
-    weight: Tensor<2>,
+    hidden: Option<Tensor<2>>,
+    weight: Option<Tensor<2>>,
     bias: Option<Tensor<1>>,
 }
 
@@ -134,7 +150,7 @@ fn head_chunks(
     bias: Option<Tensor<1>>,
     ids: &[i64],
     rows: usize,
-    grads: bool,
+    wants: Wants,
 ) -> HeadChunks {
     let m = ids.len();
     let device = &hidden.device();
@@ -166,14 +182,14 @@ fn head_chunks(
         let probs = softmax(logits, 1);
         let log_norm = probs.clone().max_dim(1).log().neg();
         nll.push((max - picked + log_norm).reshape([len]));
-        if grads {
+        if wants.hidden || wants.head {
             let g = probs.scatter(
                 1,
                 targets,
                 Tensor::full([len, 1], -1.0, device),
                 IndexingUpdateOp::Add,
             );
-            if bias.is_some() {
+            if bias.is_some() && wants.head {
                 let part = g.clone().sum_dim(0).reshape([g.dims()[1]]);
                 d_bias = Some(accumulate(d_bias.take(), part));
             }
@@ -182,17 +198,21 @@ fn head_chunks(
             } else {
                 g.cast(dtype)
             };
-            d_hidden.push(g.clone().matmul(weight.clone().transpose()));
-            d_weight = Some(accumulate(d_weight.take(), h.transpose().matmul(g)));
+            if wants.hidden {
+                d_hidden.push(g.clone().matmul(weight.clone().transpose()));
+            }
+            if wants.head {
+                d_weight = Some(accumulate(d_weight.take(), h.transpose().matmul(g)));
+            }
         }
     }
     HeadChunks {
         nll: Tensor::cat(nll, 0),
-        grads: d_weight.map(|weight| HeadGrads {
-            hidden: Tensor::cat(d_hidden, 0),
-            weight,
+        grads: HeadGrads {
+            hidden: (!d_hidden.is_empty()).then(|| Tensor::cat(d_hidden, 0)),
+            weight: d_weight,
             bias: d_bias,
-        }),
+        },
     }
 }
 
@@ -266,6 +286,7 @@ pub fn causal_lm_loss(
 
 #[cfg(test)]
 mod tests {
+    use burn::module::Module;
     use burn::tensor::activation::log_softmax;
     use burn::tensor::{Device, Int, Tensor, TensorData};
     use seqtopk_router::TokenLayout;
@@ -307,8 +328,12 @@ mod tests {
     #[test]
     fn chunked_nll_equals_log_softmax_in_value_and_gradients() {
         let device = Device::flex().autodiff();
-        for tied in [false, true] {
-            let model = MoeTransformer::init(&config(tied), 5, &device).unwrap();
+        // A frozen head (a LoRA run) gets no gradient; everything before it gets the same.
+        for (tied, frozen_head) in [(false, false), (true, false), (false, true)] {
+            let mut model = MoeTransformer::init(&config(tied), 5, &device).unwrap();
+            if frozen_head {
+                model.lm_head = model.lm_head.map(Module::no_grad);
+            }
             let ids: Vec<u32> = (0..14).map(|i| (i * 11 % 37) as u32).collect();
             let layout = TokenLayout::dense(2, 7);
             let mut targets: Vec<i32> = (0..14).map(|i| (i * 5 + 3) % 37).collect();
@@ -361,13 +386,15 @@ mod tests {
                 &values(embed.grad(&want_grads).unwrap()),
                 1e-5,
             );
-            if let Some(head) = &model.lm_head {
-                assert_close(
+            match &model.lm_head {
+                Some(head) if frozen_head => assert!(head.weight.grad(&got_grads).is_none()),
+                Some(head) => assert_close(
                     "head grad",
                     &values(head.weight.grad(&got_grads).unwrap()),
                     &values(head.weight.grad(&want_grads).unwrap()),
                     1e-5,
-                );
+                ),
+                None => {}
             }
             let Ffn::Moe(moe) = &model.layers[0].mlp else {
                 panic!("layer 0 is MoE");
