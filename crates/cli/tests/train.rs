@@ -729,7 +729,9 @@ fn dry_run_plans_a_recipe_this_machine_cannot_run_yet() {
             .collect();
         (planned, lines)
     };
-    let model = seqtopk_checkpoint::load(&fixture, &Device::flex()).unwrap().model;
+    let model = seqtopk_checkpoint::load(&fixture, &Device::flex())
+        .unwrap()
+        .model;
     let gb = |lines: &BTreeMap<String, String>, key: &str| -> f64 { lines[key].parse().unwrap() };
     let mut full_state = 0.0;
     for extra in [&[][..], &["lora.r=16"][..]] {

@@ -44,6 +44,9 @@ pub struct StepShape {
     pub lora_rank: Option<usize>,
     /// Whether LoRA adapts the stacked experts (their low-rank branch runs on the activations).
     pub lora_on_experts: bool,
+    /// Whether the LM head trains (not under LoRA unless `modules_to_save` names it): the loss
+    /// then keeps its weight gradient from the forward pass.
+    pub head_trains: bool,
 }
 
 impl StepShape {
@@ -66,6 +69,13 @@ impl StepShape {
                 .lora
                 .as_ref()
                 .is_some_and(|l| !l.target_parameters.is_empty()),
+            head_trains: recipe.lora.as_ref().is_none_or(|l| {
+                let head = match config.tie_word_embeddings {
+                    true => "model.embed_tokens",
+                    false => "lm_head",
+                };
+                l.modules_to_save.iter().any(|m| head.ends_with(m.as_str()))
+            }),
         }
     }
 }
@@ -106,8 +116,10 @@ pub fn estimate(
         Recompute::Balanced => (acts.balanced(layers) + head, acts.scores_bytes()),
     };
     // Backward of the last layer's softmax holds the gradients of its probabilities, of the
-    // exponentials and of the scores at once.
-    let backward = 3.0 * attention_scores;
+    // exponentials and of the scores at once; recomputing a half-precision softmax adds the f32
+    // copy of the scores it starts from.
+    let recomputed = shape.half && shape.recompute == Recompute::Balanced;
+    let backward = (3.0 + f64::from(u8::from(recomputed))) * attention_scores;
     MemoryEstimate {
         weights: budget.weight_bytes(shape.half),
         optimizer: budget.state_bytes(shape.half) - budget.weight_bytes(shape.half),
@@ -247,17 +259,28 @@ impl<'a> Activations<'a> {
     }
 
     /// The final norm, and the loss's kept operands: the scored hidden states and their
-    /// gradient, and the head weight's gradient (computed in the forward pass).
+    /// gradient, and, when the head trains, its weight's gradient (computed in the forward pass).
     fn head(&self) -> f64 {
         let h = self.c.hidden_size as f64;
         let v = self.c.vocab_size as f64;
-        self.norm(self.c.hidden_size) + 2.0 * self.n * h * self.a + v * h * self.a
+        let weight_grad = if self.shape.head_trains {
+            v * h * self.a
+        } else {
+            0.0
+        };
+        self.norm(self.c.hidden_size) + 2.0 * self.n * h * self.a + weight_grad
     }
 
-    /// One chunk of f32 logits and its softmax (the gradient overwrites the softmax).
+    /// One chunk of f32 logits and its softmax (the gradient overwrites the softmax); in half
+    /// precision also an f32 copy of the head weight for each of the chunk's two matmuls with
+    /// it, as the CPU backend's half-precision matmul makes (a GPU's would not).
     fn loss_transient(&self) -> f64 {
         let v = self.c.vocab_size;
         let rows = (LOSS_CHUNK_ELEMENTS / v).max(16).min(self.n as usize);
-        2.0 * (rows * v) as f64 * F32
+        let head_copies = match self.shape.half {
+            true => 2.0 * (v * self.c.hidden_size) as f64 * F32,
+            false => 0.0,
+        };
+        2.0 * (rows * v) as f64 * F32 + head_copies
     }
 }
