@@ -2,19 +2,22 @@
 //! - the tiny default recipe (whole trainer step: forward, backward, clipping, AdamW);
 //! - one OLMoE-1B-7B-shaped MoE layer (hidden 2048, 64 experts of 1024, K = 8), forward+backward;
 //! - the tiny recipe again in each mixed precision (bf16, f16) the device supports;
-//! - memory set-ups of the tiny recipe at `seq_len` 512 and 2048: full fine-tuning and LoRA
-//!   (r 16, attention + experts, router trained), f32 and bf16 (a LoRA base then stored in
-//!   bf16), each without and with `train.recompute = "balanced"`.
+//! - memory set-ups of the tiny recipe at `seq_len` 512 and 2048, and of the upcycled SmolLM2
+//!   (`recipes/smollm2-e8k2-seqtopk-math.toml`) when its checkpoint is there: full fine-tuning
+//!   and LoRA (r 16, attention + experts, router trained), f32 and bf16 (a LoRA base then stored
+//!   in bf16), each without and with `train.recompute = "balanced"`, against the dry run's
+//!   predicted peak (`--memory` runs these alone).
 //!
 //! Each case runs in its own child process so its peak resident memory (`VmHWM`) is its own; its
 //! minor page faults per timed step (`/proc/self/stat`) say how much memory it takes fresh from
 //! the OS each step. The bench runs on mimalloc, as the `seqtopk` binary does; add
 //! `--features seqtopk-train/system-allocator` to measure glibc's malloc instead.
-//! `cargo bench -p seqtopk-train --bench train [-- --quick] [--backend wgpu|cuda]`; run from
+//! `cargo bench -p seqtopk-train --bench train [-- --quick] [--memory] [--backend wgpu|cuda]`; run from
 //! anywhere. The tiny recipe's data paths are relative, so the bench runs from the repository root.
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
@@ -25,7 +28,7 @@ use seqtopk_train::{DEFAULT_RECIPE, Precision, Recipe, Trainer};
 
 #[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
-static GLOBAL: seqtopk_alloc::MiMalloc = seqtopk_alloc::MiMalloc;
+static GLOBAL: seqtopk_alloc::CountingMiMalloc = seqtopk_alloc::CountingMiMalloc;
 
 const CASE_ENV: &str = "SEQTOPK_BENCH_CASE";
 
@@ -47,6 +50,10 @@ fn main() {
     }
     let device: Backend = backend.parse().unwrap();
     let device = device.device(0).unwrap();
+    if args.iter().any(|a| a == "--memory") {
+        memory_setups(&device, &backend, quick);
+        return;
+    }
     let allocator = if cfg!(feature = "system-allocator") {
         "system"
     } else {
@@ -146,43 +153,78 @@ fn run_child(case: &str, backend: &str, quick: bool) -> Option<Vec<f64>> {
     )
 }
 
-/// Peak memory and throughput of full and LoRA fine-tuning, ± half precision and recomputation.
+/// The upcycled SmolLM2 recipe the memory set-ups also run when its checkpoint is at hand.
+const SMOLLM2_RECIPE: &str = "recipes/smollm2-e8k2-seqtopk-math.toml";
+
+/// Peak memory and throughput of full and LoRA fine-tuning, ± half precision and recomputation,
+/// against the dry run's prediction: on the tiny recipe at two lengths, and on the upcycled
+/// SmolLM2 (692 M parameters) when `tools/fetch-corpora.sh` and `convert upcycle` have made it.
 fn memory_setups(device: &burn::tensor::Device, backend: &str, quick: bool) {
     println!(
-        "\n{:<10} {:>6} {:>9} {:>9} {:>12} {:>10} {:>10} {:>12}",
-        "setup", "seq", "precision", "recompute", "trainable", "tokens/s", "peak MiB", "state MiB"
+        "\n{:<8} {:<10} {:>5} {:>6} {:>9} {:>11} {:>9} {:>9} {:>10} {:>10} {:>7}",
+        "model",
+        "setup",
+        "seq",
+        "prec",
+        "recompute",
+        "trainable",
+        "tokens/s",
+        "RSS MiB",
+        "allocated",
+        "predicted",
+        "ratio"
     );
-    let seqs: &[usize] = if quick { &[256] } else { &[512, 2048] };
-    for &seq in seqs {
-        for setup in ["full", "lora r16"] {
-            for precision in [Precision::F32, Precision::Bf16] {
-                if !precision.is_supported_by(device) {
-                    continue;
-                }
-                for recompute in ["none", "balanced"] {
-                    let mut sets = vec![
-                        format!("data.seq_len={seq}"),
-                        format!("train.recompute=\"{recompute}\""),
-                    ];
-                    if setup != "full" {
-                        sets.push("lora.r=16".into());
-                    }
-                    let case = format!("tiny:seqtopk:{precision}:{}", sets.join(";"));
-                    let Some(f) = run_child(&case, backend, quick) else {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let smollm2 = root.join(SMOLLM2_RECIPE);
+    let checkpoint = root.join("checkpoints/smollm2-135m-e8k2/model.bpk");
+    let mut models: Vec<(&str, Option<&Path>, &[usize])> =
+        vec![("tiny", None, if quick { &[256] } else { &[512, 2048] })];
+    if !quick && checkpoint.exists() {
+        models.push(("smollm2", Some(smollm2.as_path()), &[512]));
+    } else if !quick {
+        println!(
+            "(upcycled SmolLM2 skipped: {} not found)",
+            checkpoint.display()
+        );
+    }
+    for (model, recipe, seqs) in models {
+        for &seq in seqs {
+            for setup in ["full", "lora r16"] {
+                for precision in [Precision::F32, Precision::Bf16] {
+                    if !precision.is_supported_by(device) {
                         continue;
-                    };
-                    println!(
-                        "{setup:<10} {seq:>6} {:>9} {recompute:>9} {:>12.0} {:>10.0} {:>10.0} {:>12.0}",
-                        precision.to_string(),
-                        f[5],
-                        f[0],
-                        f[2],
-                        f[6]
-                    );
+                    }
+                    for recompute in ["none", "balanced"] {
+                        let mut sets = vec![
+                            format!("data.seq_len={seq}"),
+                            format!("train.recompute=\"{recompute}\""),
+                        ];
+                        if setup != "full" {
+                            sets.push("lora.r=16".into());
+                        }
+                        let name = recipe.map_or("tiny".into(), |p| p.display().to_string());
+                        let case = format!("{name}:seqtopk:{precision}:{}", sets.join(";"));
+                        let Some(f) = run_child(&case, backend, quick) else {
+                            continue;
+                        };
+                        let (rss, predicted, runtime, allocated) = (f[2], f[6], f[7], f[8]);
+                        println!(
+                            "{model:<8} {setup:<10} {seq:>5} {:>6} {recompute:>9} {:>11.0} {:>9.0} {rss:>9.0} {allocated:>10.0} {predicted:>10.0} {:>7.2}",
+                            precision.to_string(),
+                            f[5],
+                            f[0],
+                            allocated / (predicted + runtime),
+                        );
+                    }
                 }
             }
         }
     }
+    println!(
+        "RSS: the process's VmHWM; allocated: the most bytes its data held at once; predicted: \
+         the dry run's peak per device (MiB); ratio: allocated / (predicted + what the process \
+         held besides the weights before the first step)"
+    );
 }
 
 fn label(case: &str) -> &'static str {
@@ -206,16 +248,41 @@ fn run_case(case: &str, backend: &str, quick: bool) {
         .filter(|s| !s.is_empty())
         .map(String::from)
         .collect();
-    let ((tokens, seconds, (minflt, majflt)), (trainable, predicted)) = match case {
-        "tiny" => tiny(mode, precision, &sets, backend, quick),
-        _ => (olmoe_layer(mode, backend, quick), (0.0, 0.0)),
+    let ((tokens, seconds, (minflt, majflt)), (trainable, predicted, runtime)) = match case {
+        "tiny" => recipe_step(None, mode, precision, &sets, backend, quick),
+        path if path.ends_with(".toml") => recipe_step(
+            Some(Path::new(path)),
+            mode,
+            precision,
+            &sets,
+            backend,
+            quick,
+        ),
+        _ => (olmoe_layer(mode, backend, quick), (0.0, 0.0, 0.0)),
     };
     println!(
-        "{} {} {} {minflt} {majflt} {trainable} {predicted}",
+        "{} {} {} {minflt} {majflt} {trainable} {predicted} {runtime} {}",
         tokens / seconds,
         seconds,
-        common::peak_mib()
+        common::peak_mib(),
+        allocated_peak_mib()
     );
+}
+
+/// Most memory the process's data held at once (the counting allocator's peak), MiB.
+fn allocated_peak_mib() -> f64 {
+    #[cfg(not(feature = "system-allocator"))]
+    return seqtopk_alloc::CountingMiMalloc::peak_bytes() as f64 / (1024.0 * 1024.0);
+    #[cfg(feature = "system-allocator")]
+    f64::NAN
+}
+
+/// Memory the process's data holds now (the counting allocator's count), MiB.
+fn allocated_mib() -> f64 {
+    #[cfg(not(feature = "system-allocator"))]
+    return seqtopk_alloc::CountingMiMalloc::live_bytes() as f64 / (1024.0 * 1024.0);
+    #[cfg(feature = "system-allocator")]
+    f64::NAN
 }
 
 /// Page faults per step over `steps` steps since `before` (from [`common::faults`]).
@@ -228,27 +295,55 @@ fn faults_per_step(before: (u64, u64), steps: usize) -> (f64, f64) {
     )
 }
 
-/// A step-time case of the tiny recipe with `sets` overrides, and its trainable parameters and
-/// the dry run's predicted memory in MiB.
-type TinyResult = ((f64, f64, (f64, f64)), (f64, f64));
+/// A step-time case of a recipe (the tiny one when `None`) with `sets` overrides: tokens and
+/// seconds per step and page faults, then its trainable parameters, the dry run's predicted peak
+/// and the process's memory besides the weights before the first step (MiB).
+type TinyResult = ((f64, f64, (f64, f64)), (f64, f64, f64));
 
-fn tiny(mode: &str, precision: &str, sets: &[String], backend: &str, quick: bool) -> TinyResult {
-    // Memory set-ups need only reach their peak: a few steps.
-    let steps = if quick || !sets.is_empty() { 3 } else { 10 };
+fn recipe_step(
+    recipe_path: Option<&Path>,
+    mode: &str,
+    precision: &str,
+    sets: &[String],
+    backend: &str,
+    quick: bool,
+) -> TinyResult {
+    // Memory set-ups need only reach their peak: a few steps (one for a real checkpoint).
+    let steps = match recipe_path {
+        Some(_) => 1,
+        None if quick || !sets.is_empty() => 3,
+        None => 10,
+    };
     let mut overrides = vec![
-        format!("router.mode=\"{mode}\""),
         format!("precision=\"{precision}\""),
         format!("backend=\"{backend}\""),
         format!("train.steps={}", steps + 1),
         // The recipe's 10 warm-up steps would outlast a --quick run (throughput is the same).
         "schedule.warmup_steps=1".to_owned(),
     ];
+    // A dense model's recipe has no router to set.
+    if mode != "dense" {
+        overrides.push(format!("router.mode=\"{mode}\""));
+    }
     overrides.extend_from_slice(sets);
-    let recipe = Recipe::parse(DEFAULT_RECIPE, "default", &overrides).unwrap();
+    let recipe = match recipe_path {
+        None => Recipe::parse(DEFAULT_RECIPE, "default", &overrides).unwrap(),
+        Some(path) => Recipe::from_file(path, &overrides).unwrap(),
+    };
     let mut trainer = Trainer::new(recipe).unwrap();
     let budget = trainer.budget();
     let trainable = budget.params_trainable as f64;
-    let predicted = budget.state_bytes(precision != "f32") / (1024.0 * 1024.0);
+    let estimate = trainer.memory_estimate();
+    let mib = 1024.0 * 1024.0;
+    // What the process holds besides the model's weights before the first step: the tokenizer,
+    // the tokenised corpus, the data pipeline.
+    // (The weights as loaded: a half-precision run adds its 2-byte copies at the first step.)
+    let copies = match precision {
+        "f32" => 0.0,
+        _ => 2.0 * (budget.params_total - budget.params_without_gradient) as f64,
+    };
+    let runtime = allocated_mib() - (estimate.weights - copies) / mib;
+    let predicted = estimate.peak() / mib;
     trainer.step_once().unwrap(); // warm-up
     let faults = common::faults();
     let start = Instant::now();
@@ -263,7 +358,7 @@ fn tiny(mode: &str, precision: &str, sets: &[String], backend: &str, quick: bool
             s / steps as f64,
             faults_per_step(faults, steps),
         ),
-        (trainable, predicted),
+        (trainable, predicted, runtime),
     )
 }
 
