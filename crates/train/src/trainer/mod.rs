@@ -175,33 +175,10 @@ pub struct Trainer {
 impl Trainer {
     /// Builds the model, the data pipeline and the optimiser a recipe describes.
     pub fn new(recipe: Recipe) -> Result<Self, TrainError> {
-        let replicas = recipe
-            .devices
-            .iter()
-            .map(|&index| {
-                let device = recipe.backend.device(index)?.autodiff();
-                Ok(match recipe.train.recompute {
-                    Recompute::None => device,
-                    Recompute::Balanced => device.gradient_checkpointing(),
-                })
-            })
-            .collect::<Result<Vec<_>, TrainError>>()?;
-        for (replica, &index) in replicas.iter().zip(&recipe.devices) {
-            if !recipe.precision.is_supported_by(replica) {
-                return Err(TrainError::Recipe {
-                    origin: "precision".into(),
-                    message: format!(
-                        "\"{}\" is not supported by {} device {index}, which computes in: {}",
-                        recipe.precision,
-                        recipe.backend,
-                        Precision::supported_by(replica)
-                    ),
-                });
-            }
-        }
+        let replicas = training_devices(&recipe)?;
         let loss_scaler = recipe.loss_scale.as_ref().map(LossScaler::new);
         let pipeline = Pipeline::new(recipe.data.clone())?;
-        let (mut model, hf_config, tokenizer_dir) = build_model(&recipe, &replicas[0])?;
+        let (model, hf_config, tokenizer_dir) = build_model(&recipe, &replicas[0])?;
         let vocab = model.config().vocab_size;
         let tok_vocab = pipeline.tokenizer().vocab_size();
         if tok_vocab > vocab {
@@ -210,40 +187,7 @@ impl Trainer {
                 recipe.data.tokenizer.display()
             )));
         }
-        if let Some(router) = &recipe.router {
-            if model.config().moe.is_none() {
-                return Err(TrainError::Recipe {
-                    origin: "router".into(),
-                    message: "the model has no MoE layers to route".into(),
-                });
-            }
-            model.set_routing(router).map_err(|e| TrainError::Recipe {
-                origin: "router".into(),
-                message: e.to_string(),
-            })?;
-        }
-        if let Some(lora) = &recipe.lora {
-            let seed =
-                seqtopk_data::rng::derive_seed(recipe.seed, &[seqtopk_data::rng::fnv1a(b"lora")]);
-            let (adapted, sites) =
-                model
-                    .with_lora(&lora.spec(), seed)
-                    .map_err(|e| TrainError::Recipe {
-                        origin: "lora".into(),
-                        message: e.to_string(),
-                    })?;
-            model = match recipe.precision.compute_dtype() {
-                // The frozen base needs no f32 master copy: it is kept in the compute dtype.
-                Some(dtype) => adapted.store_frozen_in(dtype),
-                None => adapted,
-            };
-            tracing::info!(
-                adapters = sites.len(),
-                rank = lora.r,
-                base_dtype = %recipe.precision,
-                "LoRA: base frozen"
-            );
-        }
+        let model = route_and_adapt(&recipe, model)?;
         let paths = ParamPaths::of(&model);
         let unmatched = paths.unmatched(&recipe.optimizer.freeze);
         if !unmatched.is_empty() {
@@ -256,15 +200,7 @@ impl Trainer {
             });
         }
         let frozen = paths.matching(&recipe.optimizer.freeze);
-        let total_steps = match (recipe.train.steps, recipe.train.epochs) {
-            (Some(s), _) => s,
-            (None, Some(epochs)) => {
-                let tokens = train_tokens(&pipeline)?;
-                let per_step = recipe.tokens_per_step() as f64;
-                ((epochs * tokens as f64 / per_step).ceil() as u64).max(1)
-            }
-            (None, None) => unreachable!("validated"),
-        };
+        let total_steps = planned_steps(&recipe, &pipeline)?;
         let o = &recipe.optimizer;
         let optim = AdamWConfig::new()
             .with_beta_1(o.betas[0] as f32)
@@ -460,4 +396,87 @@ fn layout_of(batch: &Batch) -> Result<TokenLayout, TrainError> {
         batch.doc_ids.clone(),
     )
     .map_err(|e| TrainError::Model(format!("batch layout: {e}")))
+}
+
+/// One autodiff device per replica (with Burn's checkpointing under balanced recomputation),
+/// each able to compute in the recipe's precision.
+fn training_devices(recipe: &Recipe) -> Result<Vec<Device>, TrainError> {
+    let replicas = recipe
+        .devices
+        .iter()
+        .map(|&index| {
+            let device = recipe.backend.device(index)?.autodiff();
+            Ok(match recipe.train.recompute {
+                Recompute::None => device,
+                Recompute::Balanced => device.gradient_checkpointing(),
+            })
+        })
+        .collect::<Result<Vec<_>, TrainError>>()?;
+    for (replica, &index) in replicas.iter().zip(&recipe.devices) {
+        if !recipe.precision.is_supported_by(replica) {
+            return Err(TrainError::Recipe {
+                origin: "precision".into(),
+                message: format!(
+                    "\"{}\" is not supported by {} device {index}, which computes in: {}",
+                    recipe.precision,
+                    recipe.backend,
+                    Precision::supported_by(replica)
+                ),
+            });
+        }
+    }
+    Ok(replicas)
+}
+
+/// `model` with the recipe's routing and, for a LoRA recipe, its adapters (the frozen base
+/// then stored in the compute dtype: it needs no f32 master copy).
+fn route_and_adapt(
+    recipe: &Recipe,
+    mut model: MoeTransformer,
+) -> Result<MoeTransformer, TrainError> {
+    if let Some(router) = &recipe.router {
+        if model.config().moe.is_none() {
+            return Err(TrainError::Recipe {
+                origin: "router".into(),
+                message: "the model has no MoE layers to route".into(),
+            });
+        }
+        model.set_routing(router).map_err(|e| TrainError::Recipe {
+            origin: "router".into(),
+            message: e.to_string(),
+        })?;
+    }
+    let Some(lora) = &recipe.lora else {
+        return Ok(model);
+    };
+    let seed = seqtopk_data::rng::derive_seed(recipe.seed, &[seqtopk_data::rng::fnv1a(b"lora")]);
+    let (adapted, sites) = model
+        .with_lora(&lora.spec(), seed)
+        .map_err(|e| TrainError::Recipe {
+            origin: "lora".into(),
+            message: e.to_string(),
+        })?;
+    tracing::info!(
+        adapters = sites.len(),
+        rank = lora.r,
+        base_dtype = %recipe.precision,
+        "LoRA: base frozen"
+    );
+    Ok(match recipe.precision.compute_dtype() {
+        Some(dtype) => adapted.store_frozen_in(dtype),
+        None => adapted,
+    })
+}
+
+/// The run's optimiser steps: `train.steps`, or `train.epochs` over the training split.
+fn planned_steps(recipe: &Recipe, pipeline: &Pipeline) -> Result<u64, TrainError> {
+    Ok(match (recipe.train.steps, recipe.train.epochs) {
+        (Some(s), _) => s,
+        (None, Some(epochs)) => {
+            let tokens = train_tokens(pipeline)?;
+            let per_step = recipe.tokens_per_step() as f64;
+            ((epochs * tokens as f64 / per_step).ceil() as u64).max(1)
+        }
+        (None, None) => unreachable!("validated"),
+    })
 }
