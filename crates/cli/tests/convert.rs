@@ -1,11 +1,9 @@
 //! `seqtopk convert` end to end through the binary: import, export, upcycle, inspect, compare,
 //! and the refusals users meet (existing output, quantised source, truncated file).
 
-mod support;
-
 use std::path::Path;
 
-use support::{failure, fixture, ok_json, scratch, seqtopk};
+use crate::support::{failure, fixture, ok_json, scratch, seqtopk};
 
 /// Runs `seqtopk args…`, which must fail with an error that names every one of `needles`.
 fn fails_with(args: &[&str], needles: &[&str]) {

@@ -2,13 +2,11 @@
 //! committed fixtures, router overrides, batching, and failure modes.
 #![allow(missing_docs)]
 
-mod support;
-
 use std::path::{Path, PathBuf};
 
+use crate::support::{f32s, failure, fixture, i64s, ok_json, scratch, seqtopk};
 use safetensors::SafeTensors;
 use serde_json::Value;
-use support::{f32s, failure, fixture, i64s, ok_json, scratch, seqtopk};
 
 /// HF's unpadded rows of the golden batch, written as `ids.json` in `dir`; and HF's loss.
 fn golden_rows(name: &str, dir: &Path) -> (PathBuf, Vec<Vec<i64>>, f64) {

@@ -1,13 +1,11 @@
 //! `seqtopk eval --tasks …` end to end on a tiny checkpoint: the OLMoE fixture (vocab 256) plus a
 //! byte-level `tokenizer.json` written at test time, on the committed data samples.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use crate::support::{self, fixture, repo_root};
 use serde_json::Value;
-use support::{fixture, repo_root};
 
 /// A checkpoint directory: the fixture's config and weights, and a byte-level tokenizer.
 fn tiny_checkpoint(dir: &Path, with_tokenizer: bool) -> PathBuf {

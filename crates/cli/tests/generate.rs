@@ -2,16 +2,14 @@
 //! with a tokenizer, seeded sampling independent of batching, stop ids and stop texts, failures.
 #![allow(missing_docs)]
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use crate::support::{self, failure, fixture, i64s, scratch};
 use burn::tensor::Device;
 use safetensors::SafeTensors;
 use seqtopk_model::{GenerationConfig, load_checkpoint};
 use serde_json::Value;
-use support::{failure, fixture, i64s, scratch};
 
 /// Runs `seqtopk generate args…` (see [`support::seqtopk`]).
 fn seqtopk(args: &[&str]) -> Output {

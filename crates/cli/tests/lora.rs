@@ -2,18 +2,16 @@
 //! gate, resumes exactly and exports the merged model with a PEFT adapter; `convert merge` folds
 //! an adapter PEFT made into its base as PEFT's `merge_and_unload` does.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use crate::support::{self, failure, fixture, ok_json, repo_root, scratch, text};
 use burn::store::{BurnpackStore, ModuleSnapshot};
 use burn::tensor::Device;
 use safetensors::SafeTensors;
 use seqtopk_model::{MoeTransformer, MoeTransformerConfig};
 use seqtopk_router::TokenLayout;
 use seqtopk_train::Recipe;
-use support::{failure, fixture, ok_json, repo_root, scratch, text};
 
 /// The tiny recipe, shrunk, with LoRA rank 4 on attention and experts (the defaults).
 fn lora_run(out: &Path, steps: u64, extra: &[&str]) -> Vec<String> {

@@ -1,17 +1,15 @@
 //! End-to-end tests of `seqtopk train` through the binary, on the CPU backend.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::{self, ok_json, repo_root, scratch, text};
 use burn::module::Module;
 use burn::store::{BurnpackStore, ModuleSnapshot};
 use burn::tensor::Device;
 use seqtopk_model::{MoeTransformer, MoeTransformerConfig};
-use support::{ok_json, repo_root, scratch, text};
 
 /// The tiny recipe shrunk further so each step takes a fraction of a second in debug builds.
 fn small_run(out: &Path, steps: u64, extra: &[&str]) -> Vec<String> {

@@ -1,9 +1,7 @@
 //! The Rust chat templates against transformers' `apply_chat_template` (fixture written by
 //! `tools/data/make_chat_fixture.py` with transformers 5.23 and the real OLMoE tokenizer).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use seqtopk_data::{ChatTemplate, ChatTemplateKind, Message, load_tokenizer};
 use serde::Deserialize;
 

@@ -1,8 +1,6 @@
 //! Bad input gives a clear error before training starts (or is skipped and counted), never a panic.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use seqtopk_data::{ChatTemplateKind, DataConfig, DataError, OnBadLine, Pipeline, SourceFormat};
 
 fn one_source(path: std::path::PathBuf, format: SourceFormat) -> DataConfig {

@@ -3,9 +3,7 @@
 //! pad 0, eos 1, `<|user|>` 2, `<|assistant|>` 3, the 7, cat 8, sat 9, on 10, mat 11, a 12, dog 13,
 //! ran 14, `Q:` 15, `2+2?` 16, `4` 17.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use seqtopk_data::{Batch, ChatTemplateKind, Mode, Packing, Pipeline, SourceFormat};
 
 const EOS: u32 = 1;

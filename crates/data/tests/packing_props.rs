@@ -2,9 +2,7 @@
 //! followed by EOS; every target is the next token of the same document, and only EOS lacks one.
 //! Padded rows hold the same token stream with one document segment per row.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use proptest::prelude::*;
 use seqtopk_data::{Packing, Pipeline, SourceFormat};
 

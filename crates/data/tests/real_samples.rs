@@ -1,8 +1,6 @@
 //! The pipeline on the committed real samples with the real OLMoE tokenizer.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use seqtopk_data::{ChatTemplateKind, DataConfig, Mode, Packing, Pipeline, SourceFormat};
 
 fn mixture(seq_len: usize, batch: usize) -> DataConfig {

@@ -1,8 +1,6 @@
 //! Saving the iterator position mid-epoch and restoring it gives the identical next batches.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use seqtopk_data::{
     ChatTemplateKind, DataConfig, Mode, Packing, Pipeline, PipelineState, SourceFormat,
 };

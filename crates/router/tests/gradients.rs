@@ -1,10 +1,8 @@
 //! Gradients reach the router only through the selected probabilities, and every loss has a
 //! correct gradient (finite differences in f64).
 
-mod common;
-
+use crate::common::*;
 use burn::tensor::{Device, Tensor, TensorData};
-use common::*;
 use seqtopk_router::{
     LbConvention, Router, RouterConfig, RouterOutput, RoutingMode, TokenLayout,
     load_balancing_loss, z_loss,

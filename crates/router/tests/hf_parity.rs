@@ -1,11 +1,9 @@
 //! `topk` routing and the `hf` load-balancing loss against values Hugging Face transformers
 //! produced (fixture made by `tools/fixtures/make_router_fixture.py`).
 
-mod common;
-
 use std::path::PathBuf;
 
-use common::*;
+use crate::common::*;
 use safetensors::{Dtype, SafeTensors};
 use seqtopk_backend::test_devices;
 use seqtopk_router::{LbConvention, Router, RoutingMode, TokenLayout, load_balancing_loss};

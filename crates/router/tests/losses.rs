@@ -1,9 +1,7 @@
 //! Load-balancing and z-loss values.
 
-mod common;
-
+use crate::common::*;
 use burn::tensor::Device;
-use common::*;
 use seqtopk_router::{
     LbConvention, LbDispatch, LoadBalanceConfig, Router, RouterConfig, RouterOutput, RoutingMode,
     TokenLayout, load_balancing_loss, z_loss,

@@ -1,9 +1,7 @@
 //! Online SeqTopK: prefill, decode steps, the expert cache and the cumulative budget.
 
-mod common;
-
+use crate::common::*;
 use burn::tensor::Device;
-use common::*;
 use seqtopk_router::select::{Candidates, online_count};
 use seqtopk_router::{ExpertCache, OnlineBudget, Router, RoutingError, RoutingMode, TokenLayout};
 

@@ -1,8 +1,6 @@
 //! Properties of SeqTopK, ported from Megatron-LM's SeqTopK tests plus the paper's safeguards.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use proptest::prelude::*;
 use seqtopk_backend::test_devices;
 use seqtopk_router::{RoutingMode, TokenLayout};

@@ -2,7 +2,9 @@
 //! Mesa's software Vulkan driver).
 
 use seqtopk_backend::test_devices;
-use seqtopk_train::{DEFAULT_RECIPE, Recipe, Trainer};
+use seqtopk_train::Trainer;
+
+use crate::support;
 
 /// Relative tolerance between backends. f32 reductions run in different orders (wgpu's matmul
 /// tiles differently), and at random initialisation the router's probabilities are nearly
@@ -11,18 +13,11 @@ use seqtopk_train::{DEFAULT_RECIPE, Recipe, Trainer};
 const TOLERANCE: f64 = 1e-3;
 
 fn losses(backend: &str) -> Vec<(f64, f64)> {
-    let overrides: Vec<String> = [
-        format!("backend=\"{backend}\""),
-        "data.seq_len=32".into(),
-        "batch.micro_batch_size=2".into(),
-        "train.steps=3".into(),
-        "schedule.warmup_steps=0".into(),
-    ]
-    .into();
-    // Run from the repository root so the recipe's data paths resolve.
-    std::env::set_current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).unwrap();
-    let recipe = Recipe::parse(DEFAULT_RECIPE, "default", &overrides).unwrap();
-    let mut trainer = Trainer::new(recipe).unwrap();
+    let mut trainer = Trainer::new(support::recipe(
+        backend,
+        &["batch.grad_accum_steps=1".into()],
+    ))
+    .unwrap();
     (0..3)
         .map(|_| {
             let m = trainer.step_once().unwrap();

@@ -2,13 +2,12 @@
 //! that supports them, a clear refusal on devices that do not, and f16's dynamic loss scaling
 //! (skipped overflowing steps, growth, exact resume).
 
-mod support;
-
+use crate::support::{recipe, steps, weights};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{DType, Tensor};
 use seqtopk_backend::test_devices;
 use seqtopk_train::{Precision, Trainer};
-use support::{recipe, steps, weights};
+use std::path::Path;
 
 /// Relative step-loss tolerance against the f32 CPU run. Rounding activations to bf16/f16 moves
 /// the step-1 loss by 9e-5 / 1e-5 relative under TopK, but at random initialisation the router's
@@ -127,7 +126,8 @@ fn an_overflowing_f16_step_is_skipped_and_the_scale_halved() {
 
 #[test]
 fn an_f16_run_resumes_with_its_loss_scale_bit_identically() {
-    let out = std::env::temp_dir().join(format!("seqtopk-precision-{}", std::process::id()));
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("seqtopk-precision-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let extra = |dir: &str| {
         vec![

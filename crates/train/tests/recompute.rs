@@ -2,10 +2,8 @@
 //! keeps, never what it computes: the weights after training equal those without it, bit for
 //! bit, for a full run and a LoRA run.
 
-mod support;
-
+use crate::support::{recipe, steps, weights};
 use seqtopk_train::Trainer;
-use support::{recipe, steps, weights};
 
 #[test]
 fn balanced_recomputation_trains_bit_identically() {

@@ -1,15 +1,12 @@
-//! Helpers shared by the `seqtopk` binary's integration tests. Each file under `tests/` is its
-//! own test binary and takes this module in with `mod support;` (a directory module, so Cargo
-//! does not build it as a test of its own): one copy of where the fixtures are, of fresh scratch
-//! directories, of running the binary and of reading what it printed, instead of one per file.
-
-// Each test binary compiles all of this module but calls only some of it; without this the
-// helpers a binary does not use would warn as dead code there.
-#![allow(dead_code)]
+//! Helpers shared by the `seqtopk` binary's integration tests (the modules of `tests/main.rs`):
+//! one copy of where the fixtures are, of scratch directories, of running the binary and of
+//! reading what it printed, instead of one per file.
 
 use std::ffi::OsStr;
-use std::path::PathBuf;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use safetensors::SafeTensors;
 use serde_json::Value;
@@ -24,19 +21,48 @@ pub fn fixture(name: &str) -> PathBuf {
     repo_root().join("checkpoints/fixtures").join(name)
 }
 
-/// A fresh, empty directory for one test (a leftover of an earlier run is removed first). Its
-/// name holds the test binary's name, `tag` and this process's id, so tests running in parallel
-/// in one binary (each with its own tag), the other test binaries and a concurrent `cargo test`
-/// never share a directory.
-pub fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "seqtopk-{}-{tag}-{}",
-        env!("CARGO_CRATE_NAME"),
-        std::process::id()
-    ));
+/// A fresh, empty directory for one test under Cargo's per-target scratch folder (beside the
+/// build, not in a possibly small `/tmp`), removed when the test passes and kept when it fails so
+/// what went wrong can be read. Its name holds `tag`, this process's id and a per-process count,
+/// so tests in parallel, other test binaries and a concurrent `cargo test` never share one.
+pub fn scratch(tag: &str) -> Scratch {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("seqtopk-{tag}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    Scratch(dir)
+}
+
+/// A test's scratch directory (see [`scratch`]); a path everywhere one is expected.
+pub struct Scratch(PathBuf);
+
+impl Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<OsStr> for Scratch {
+    fn as_ref(&self) -> &OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 /// `seqtopk args…` with the binary Cargo built for these tests, not yet run: for callers that

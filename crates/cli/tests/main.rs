@@ -1,0 +1,11 @@
+//! The crate's integration tests, one binary: each file under `tests/` is a module of it, so
+//! the workspace links one test executable per crate instead of one per file.
+
+mod support;
+
+mod convert;
+mod eval_loss;
+mod eval_tasks;
+mod generate;
+mod lora;
+mod train;

@@ -1,0 +1,11 @@
+//! The crate's integration tests, one binary: each file under `tests/` is a module of it, so
+//! the workspace links one test executable per crate instead of one per file.
+
+mod common;
+
+mod chat_fixture;
+mod errors;
+mod hand_computed;
+mod packing_props;
+mod real_samples;
+mod resume;

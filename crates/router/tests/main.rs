@@ -1,0 +1,10 @@
+//! The crate's integration tests, one binary: each file under `tests/` is a module of it, so
+//! the workspace links one test executable per crate instead of one per file.
+
+mod common;
+
+mod gradients;
+mod hf_parity;
+mod losses;
+mod online;
+mod seqtopk;
