@@ -16,7 +16,9 @@
 use std::path::{Path, PathBuf};
 
 use safetensors::tensor::TensorView;
-use seqtopk_model::{AdapterSite, LoraSpec, MoeTransformer, SafetensorsSource, from_peft, to_peft};
+use seqtopk_model::{
+    AdapterSite, LoraSpec, ModuleTargets, MoeTransformer, SafetensorsSource, from_peft, to_peft,
+};
 use serde_json::{Value, json};
 
 use crate::hf::HfTensor;
@@ -184,12 +186,6 @@ fn names(config: &Value, field: &str, path: &Path) -> Result<Vec<String>, Checkp
                 })
             })
             .collect(),
-        Some(Value::String(s)) => Err(config_error(
-            path,
-            format!(
-                "`{field}` is the pattern {s:?}; seqtopk reads adapters whose `{field}` lists module names"
-            ),
-        )),
         Some(other) => Err(config_error(
             path,
             format!("`{field}` must be a list of module names, not {other}"),
@@ -250,7 +246,10 @@ pub fn read_adapter_spec(dir: &Path) -> Result<LoraSpec, CheckpointError> {
     let alpha = field("lora_alpha")
         .and_then(Value::as_f64)
         .ok_or_else(|| config_error(&path, "`lora_alpha` must be a number"))?;
-    let target_modules = names(&config, "target_modules", &path)?;
+    let target_modules = match config.get("target_modules") {
+        Some(Value::String(pattern)) => ModuleTargets::Pattern(pattern.clone()),
+        _ => ModuleTargets::Names(names(&config, "target_modules", &path)?),
+    };
     let target_parameters = names(&config, "target_parameters", &path)?;
     let pattern = |name: &str| -> Result<Vec<(String, f64)>, CheckpointError> {
         match field(name) {
@@ -309,7 +308,9 @@ pub fn load_adapter(
     let source = SafetensorsSource::open_files(std::slice::from_ref(&weights)).map_err(load)?;
     let mut used: Vec<String> = Vec::new();
     let mut probe = model.clone();
-    let (sites, _) = probe.lora_sites(&spec);
+    let (sites, _) = probe
+        .lora_sites(&spec)
+        .map_err(|e| config_error(&dir.join(ADAPTER_CONFIG), e.to_string()))?;
     let tensor = |key: String, shape: Vec<usize>, used: &mut Vec<String>| {
         let t = source
             .read_any(&key)

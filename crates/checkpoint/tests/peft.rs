@@ -15,7 +15,19 @@ use seqtopk_checkpoint::{CheckpointError, load};
 use seqtopk_model::{MoeTransformer, MoeTransformerConfig};
 use seqtopk_router::TokenLayout;
 
-const ADAPTED: [&str; 3] = ["olmoe-tiny", "qwen2_moe-tiny-sharded", "mixtral-tiny"];
+/// (base, adapter) fixtures: an adapter per family with listed targets, and two whose
+/// `target_modules` is a regex (OLMoE's, which PEFT widens to the matched modules' last path
+/// component, and Qwen2-MoE's, which it applies to whole paths).
+const ADAPTED: [(&str, &str); 5] = [
+    ("olmoe-tiny", "olmoe-tiny-lora"),
+    ("qwen2_moe-tiny-sharded", "qwen2_moe-tiny-sharded-lora"),
+    ("mixtral-tiny", "mixtral-tiny-lora"),
+    ("olmoe-tiny", "olmoe-tiny-lora-regex"),
+    (
+        "qwen2_moe-tiny-sharded",
+        "qwen2_moe-tiny-sharded-lora-regex",
+    ),
+];
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -89,21 +101,21 @@ fn logit_error(model: &MoeTransformer, golden_dir: &Path, key: &str, device: &De
 #[test]
 fn peft_adapters_give_peft_logits() {
     let device = Device::flex();
-    for base in ADAPTED {
-        let adapter = fixture(&format!("{base}-lora"));
+    for (base, name) in ADAPTED {
+        let adapter = fixture(name);
         let model = load(fixture(base), &device).unwrap().model;
         let plain = logit_error(&model, &adapter, "logits", &device);
         assert!(
             plain > 1.0,
-            "{base}: the adapter must matter (base differs by {plain})"
+            "{name}: the adapter must matter (base differs by {plain})"
         );
         let (adapted, spec) = load_adapter(model, &adapter).unwrap();
-        assert_eq!((spec.rank, spec.alpha), (4, 8.0), "{base}");
+        assert_eq!((spec.rank, spec.alpha), (4, 8.0), "{name}");
         let err = logit_error(&adapted, &adapter, "logits", &device);
-        assert!(err < 1e-4, "{base}: adapted logits off by {err}");
+        assert!(err < 1e-4, "{name}: adapted logits off by {err}");
         let merged = adapted.merge_lora();
         let err = logit_error(&merged, &adapter, "merged_logits", &device);
-        assert!(err < 1e-4, "{base}: merged logits off by {err}");
+        assert!(err < 1e-4, "{name}: merged logits off by {err}");
     }
 }
 
@@ -111,8 +123,8 @@ fn peft_adapters_give_peft_logits() {
 /// to plan its run): the adapters' and `modules_to_save`'s, exactly as many as PEFT saved.
 #[test]
 fn lora_parameters_counted_from_the_config_are_those_peft_saved() {
-    for base in ADAPTED {
-        let adapter = fixture(&format!("{base}-lora"));
+    for (base, name) in ADAPTED {
+        let adapter = fixture(name);
         let spec = read_adapter_spec(&adapter).unwrap();
         let config = MoeTransformerConfig::from_file(fixture(base).join("config.json")).unwrap();
         let counted = spec.params(&config).unwrap();
@@ -123,14 +135,14 @@ fn lora_parameters_counted_from_the_config_are_those_peft_saved() {
                 false => whole += values.len(),
             }
         }
-        assert_eq!((counted.adapters, counted.saved), (lora, whole), "{base}");
-        assert!(lora > 0 && whole > 0, "{base}");
+        assert_eq!((counted.adapters, counted.saved), (lora, whole), "{name}");
+        assert!(lora > 0 && whole > 0, "{name}");
         // PEFT's Mixtral adapter names the dense MLP projections, which Mixtral lacks.
         let unmatched: &[&str] = match base {
             "mixtral-tiny" => &["down_proj", "gate_proj", "up_proj"],
             _ => &[],
         };
-        assert_eq!(counted.unmatched, unmatched, "{base}");
+        assert_eq!(counted.unmatched, unmatched, "{name}");
     }
 }
 
@@ -139,26 +151,33 @@ fn lora_parameters_counted_from_the_config_are_those_peft_saved() {
 #[test]
 fn saved_adapters_match_what_peft_wrote() {
     let device = Device::flex();
-    for base in ADAPTED {
-        let adapter = fixture(&format!("{base}-lora"));
+    for (base, name) in ADAPTED {
+        let adapter = fixture(name);
         let model = load(fixture(base), &device).unwrap().model;
         let (adapted, spec) = load_adapter(model, &adapter).unwrap();
-        let out = scratch(base).join("adapter");
+        let out = scratch(name).join("adapter");
         save_adapter(&adapted, &spec, base, &out, false).unwrap();
         let ours = tensors(&out.join(ADAPTER_WEIGHTS));
         let theirs = tensors(&adapter.join(ADAPTER_WEIGHTS));
         assert_eq!(
             ours.keys().collect::<Vec<_>>(),
             theirs.keys().collect::<Vec<_>>(),
-            "{base}"
+            "{name}"
         );
-        assert_eq!(ours, theirs, "{base}: tensors differ");
+        assert_eq!(ours, theirs, "{name}: tensors differ");
         let config: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join(ADAPTER_CONFIG)).unwrap())
                 .unwrap();
         assert_eq!(config["peft_type"], "LORA");
         assert_eq!(config["r"], 4);
         assert_eq!(config["modules_to_save"], serde_json::json!(["gate"]));
+        let written: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(adapter.join(ADAPTER_CONFIG)).unwrap())
+                .unwrap();
+        assert_eq!(
+            config["target_modules"], written["target_modules"],
+            "{name}"
+        );
         // Written without --force, an existing adapter stays.
         let again = save_adapter(&adapted, &spec, base, &out, false).unwrap_err();
         assert!(matches!(again, CheckpointError::Exists { .. }), "{again}");
@@ -203,13 +222,18 @@ fn bad_adapters_are_refused_with_the_reason() {
     assert!(e.contains(ADAPTER_WEIGHTS), "{e}");
 
     type Edit = fn(&mut serde_json::Value);
-    let cases: [(&str, Edit, &str); 5] = [
+    let cases: [(&str, Edit, &str); 6] = [
         ("dora", |c| c["use_dora"] = true.into(), "DoRA"),
         ("ia3", |c| c["peft_type"] = "IA3".into(), "only LORA"),
         (
             "regex",
-            |c| c["target_modules"] = ".*proj".into(),
-            "pattern",
+            |c| c["target_modules"] = "model.*(q_proj".into(),
+            "is not a regex",
+        ),
+        (
+            "all-linear",
+            |c| c["target_modules"] = "all-linear".into(),
+            "all-linear",
         ),
         (
             "rank-pattern",

@@ -247,6 +247,43 @@ fn dry_run_counts_the_trainable_adapters() {
     assert!(stdout.contains("[lora]"), "{stdout}");
 }
 
+/// `target_modules` as one regex, read as PEFT reads it: on OLMoE (the tiny recipe's family)
+/// PEFT widens it to the matched modules' last path component, so layer 0's `q_proj` names
+/// every layer's; the adapter keeps the regex, which PEFT widens the same way on loading.
+#[test]
+fn a_regex_target_is_read_as_peft_reads_it() {
+    let out = scratch("lora-regex");
+    let regex = r"model\.layers\.0\.self_attn\.q_proj";
+    let sets = [
+        format!("lora.target_modules='{regex}'"),
+        "lora.target_parameters=[]".into(),
+    ];
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let mut args = lora_run(&out, 2, &sets);
+    args.push("--dry-run".into());
+    let res = run(&args);
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    // q_proj (64 → 64, r 4) in both layers, and the router gate (64 × 8) of each.
+    let trainable = 2 * 4 * (64 + 64) + 2 * 64 * 8;
+    assert!(
+        stdout.contains(&format!("parameters_trainable = {trainable}\n")),
+        "{}",
+        text(&res)
+    );
+    let res = run(&lora_run(&out, 2, &sets));
+    assert!(res.status.success(), "{}", text(&res));
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("final/adapter/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["target_modules"], regex);
+
+    let mut args = lora_run(&out, 2, &[r"lora.target_modules='model\.layers\.9\..*'"]);
+    args.push("--dry-run".into());
+    let e = failure(&run(&args));
+    assert!(e.contains("selects nothing") && e.contains("layers"), "{e}");
+}
+
 /// PEFT's `lora_dropout` on linear adapters: it changes what trains (the masks apply), a run
 /// with it resumes bit-identically (the masks are seeded per step), and the adapter says it.
 #[test]

@@ -35,8 +35,8 @@ pub use loader::{
     HostTensor, SafetensorsSource, load_checkpoint, load_checkpoint_in, weight_files,
 };
 pub use lora::{
-    AdapterSite, FactorValues, LoraFactors, LoraParams, LoraSpec, adapter_sites, from_peft,
-    to_peft, unmatched_target,
+    AdapterSite, FactorValues, LoraFactors, LoraParams, LoraSpec, ModuleTargets, adapter_sites,
+    from_peft, to_peft, unmatched_target,
 };
 pub use mlp::SwiGlu;
 pub use model::{

@@ -8,7 +8,8 @@
 //!
 //! Targets are named as PEFT names them, by Hugging Face path: a `target_modules` entry selects
 //! the linear modules whose path equals it or ends in `.entry` (`q_proj`, `self_attn.o_proj`,
-//! `shared_expert.down_proj`); a `target_parameters` entry selects stacked expert parameters the
+//! `shared_expert.down_proj`), and `target_modules` given as one string is a regex the whole path
+//! must match (`model\.layers\.[0-3]\.self_attn\.(q|v)_proj`); a `target_parameters` entry selects stacked expert parameters the
 //! same way (`gate_up_proj`, `layers.3.mlp.experts.down_proj`). `modules_to_save` entries are
 //! trained in full and match, as in PEFT, any module path that ends with them (`gate` selects
 //! the router, and Qwen2-MoE's `shared_expert_gate` too).
@@ -21,7 +22,7 @@ use seqtopk_rng::SplitMix64;
 
 use crate::model::{Ffn, MoeTransformer};
 use crate::{Experts, ModelError, SwiGlu};
-use crate::{FfnKind, MoeTransformerConfig};
+use crate::{Family, FfnKind, MoeTransformerConfig};
 
 /// The trainable factors of one adapted weight: `ΔW_e = scale · a_e · b_e` for each of the `E`
 /// stacked matrices (`E = 1` for a linear layer).
@@ -95,8 +96,8 @@ pub struct LoraSpec {
     pub alpha: f64,
     /// rsLoRA scaling `alpha / √r` instead of `alpha / r`.
     pub use_rslora: bool,
-    /// Linear modules to adapt, by HF module name (PEFT `target_modules`).
-    pub target_modules: Vec<String>,
+    /// Linear modules to adapt (PEFT `target_modules`).
+    pub target_modules: ModuleTargets,
     /// Stacked expert parameters to adapt (PEFT `target_parameters`): `gate_up_proj`,
     /// `down_proj`, or longer suffixes such as `layers.3.mlp.experts.down_proj`.
     pub target_parameters: Vec<String>,
@@ -108,6 +109,100 @@ pub struct LoraSpec {
     pub alpha_pattern: Vec<(String, f64)>,
     /// PEFT `lora_dropout`: dropout on linear adapters' input while training.
     pub dropout: f64,
+}
+
+/// PEFT's `target_modules`: a list of module names, each selecting the modules whose HF path is
+/// it or ends in `.name`, or one regex the whole HF path must match (`re.fullmatch`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a list of module names, or one regex over module paths"
+)]
+pub enum ModuleTargets {
+    /// Module names or path suffixes (`q_proj`, `self_attn.o_proj`).
+    Names(Vec<String>),
+    /// A regex over whole module paths (`model.layers.0.self_attn.q_proj`).
+    Pattern(String),
+}
+
+impl ModuleTargets {
+    /// Whether no module can be selected (an empty list).
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Self::Names(names) if names.is_empty())
+    }
+
+    /// One rule per target, with the text an error names it by. A pattern is read as PEFT 0.21
+    /// reads it on transformers 5: for the families whose MoE layout transformers 5 renamed
+    /// (OLMoE, Qwen3-MoE, Mixtral) PEFT first widens the regex to the last path component of
+    /// every module it matches (`model\.layers\.0\.self_attn\.q_proj` adapts `q_proj` in every
+    /// layer), elsewhere the regex selects exactly the paths it matches.
+    fn rules(
+        &self,
+        family: Family,
+        linear_sites: &[&AdapterSite],
+    ) -> Result<Vec<(String, Rule)>, ModelError> {
+        let pattern = match self {
+            Self::Names(names) => {
+                return Ok(names
+                    .iter()
+                    .map(|n| (n.clone(), Rule::Suffix(n.clone())))
+                    .collect());
+            }
+            Self::Pattern(p) if p == "all-linear" => {
+                return Err(ModelError::Input(
+                    "lora target_modules `all-linear` (PEFT's shorthand) is not supported: list \
+                     the modules, or give a regex over their paths"
+                        .into(),
+                ));
+            }
+            Self::Pattern(p) => p,
+        };
+        let re = regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
+            ModelError::Input(format!(
+                "lora target_modules {pattern:?} is not a regex: {e}"
+            ))
+        })?;
+        if !matches!(family, Family::Olmoe | Family::Qwen3Moe | Family::Mixtral) {
+            return Ok(vec![(pattern.clone(), Rule::Full(re))]);
+        }
+        let mut leaves: Vec<String> = linear_sites
+            .iter()
+            .filter(|site| re.is_match(&site.hf_name))
+            .filter_map(|site| site.hf_name.rsplit('.').next().map(str::to_owned))
+            .collect();
+        leaves.sort();
+        leaves.dedup();
+        Ok(vec![(pattern.clone(), Rule::Leaves(leaves))])
+    }
+}
+
+impl From<Vec<String>> for ModuleTargets {
+    fn from(names: Vec<String>) -> Self {
+        Self::Names(names)
+    }
+}
+
+/// How one target selects HF paths.
+enum Rule {
+    /// PEFT's list entries: the path is the name or ends in `.name`.
+    Suffix(String),
+    /// PEFT's string form: the regex matches the whole path.
+    Full(regex::Regex),
+    /// PEFT's string form widened to last path components (see [`ModuleTargets::rules`]).
+    Leaves(Vec<String>),
+}
+
+impl Rule {
+    fn selects(&self, name: &str) -> bool {
+        match self {
+            Self::Suffix(target) => name == target || name.ends_with(&format!(".{target}")),
+            Self::Full(re) => re.is_match(name),
+            Self::Leaves(leaves) => name
+                .rsplit('.')
+                .next()
+                .is_some_and(|leaf| leaves.iter().any(|l| l == leaf)),
+        }
+    }
 }
 
 /// The value of the first `pattern` key that matches `name` as PEFT matches them: the regex
@@ -338,7 +433,7 @@ impl LoraSpec {
     /// The parameters `self` would train on a model of `config`; an error names a bad rank
     /// pattern.
     pub fn params(&self, config: &MoeTransformerConfig) -> Result<LoraParams, ModelError> {
-        let (sites, unmatched) = self.select(adapter_sites(config));
+        let (sites, unmatched) = self.select(config.family, adapter_sites(config))?;
         let mut adapters = 0;
         for site in &sites {
             let (rank, _) = self.rank_and_scale(site)?;
@@ -360,18 +455,30 @@ impl LoraSpec {
         })
     }
 
-    /// The sites of `all` this spec's targets select, and the targets that select none.
-    fn select(&self, all: Vec<AdapterSite>) -> (Vec<AdapterSite>, Vec<String>) {
-        let mut used = vec![false; self.target_modules.len() + self.target_parameters.len()];
+    /// The sites of `all` this spec's targets select, and the targets that select none; an
+    /// error names a `target_modules` pattern that is not a regex.
+    fn select(
+        &self,
+        family: Family,
+        all: Vec<AdapterSite>,
+    ) -> Result<(Vec<AdapterSite>, Vec<String>), ModelError> {
+        let linear: Vec<&AdapterSite> = all.iter().filter(|s| !s.experts).collect();
+        let modules = self.target_modules.rules(family, &linear)?;
+        let parameters: Vec<_> = self
+            .target_parameters
+            .iter()
+            .map(|t| (t.clone(), Rule::Suffix(t.clone())))
+            .collect();
+        let mut used = vec![false; modules.len() + parameters.len()];
         let mut sites = Vec::new();
         for site in all {
-            let (targets, offset) = match site.experts {
-                false => (&self.target_modules, 0),
-                true => (&self.target_parameters, self.target_modules.len()),
+            let (rules, offset) = match site.experts {
+                false => (&modules, 0),
+                true => (&parameters, modules.len()),
             };
             let mut hit = false;
-            for (t, target) in targets.iter().enumerate() {
-                if selects(target, &site.hf_name) {
+            for (t, (_, rule)) in rules.iter().enumerate() {
+                if rule.selects(&site.hf_name) {
                     used[offset + t] = true;
                     hit = true;
                 }
@@ -380,15 +487,14 @@ impl LoraSpec {
                 sites.push(site);
             }
         }
-        let unmatched = self
-            .target_modules
+        let unmatched = modules
             .iter()
-            .chain(&self.target_parameters)
+            .chain(&parameters)
             .zip(&used)
             .filter(|(_, u)| !**u)
-            .map(|(t, _)| t.clone())
+            .map(|((t, _), _)| t.clone())
             .collect();
-        (sites, unmatched)
+        Ok((sites, unmatched))
     }
 }
 
@@ -416,11 +522,6 @@ enum Slot<'a> {
 enum Whole<'a> {
     Linear(&'a mut Linear),
     Embedding(&'a mut Embedding),
-}
-
-/// Whether PEFT's `target_modules` rule selects `name`.
-fn selects(target: &str, name: &str) -> bool {
-    name == target || name.ends_with(&format!(".{target}"))
 }
 
 /// Attaches given factors to the parameter at `path` of the module it is applied to.
@@ -549,8 +650,11 @@ impl MoeTransformer {
 
     /// The weights `spec` adapts, in HF order, and the entries of `target_modules` and
     /// `target_parameters` that select nothing.
-    pub fn lora_sites(&mut self, spec: &LoraSpec) -> (Vec<AdapterSite>, Vec<String>) {
-        spec.select(adapter_sites(self.config()))
+    pub fn lora_sites(
+        &mut self,
+        spec: &LoraSpec,
+    ) -> Result<(Vec<AdapterSite>, Vec<String>), ModelError> {
+        spec.select(self.config().family, adapter_sites(self.config()))
     }
 
     /// Freezes every parameter, attaches `spec`'s adapters (PEFT's initialisation: `A`
@@ -562,7 +666,7 @@ impl MoeTransformer {
         spec: &LoraSpec,
         seed: u64,
     ) -> Result<(Self, Vec<AdapterSite>), ModelError> {
-        if let Some(target) = self.lora_sites(spec).1.first() {
+        if let Some(target) = self.lora_sites(spec)?.1.first() {
             return Err(unmatched_target(target));
         }
         let mut rng = SplitMix64::new(seed);
@@ -583,7 +687,7 @@ impl MoeTransformer {
         values: &mut FactorValues<'_>,
     ) -> Result<(Self, Vec<AdapterSite>), ModelError> {
         let mut model = self.freeze();
-        let (sites, _) = model.lora_sites(spec);
+        let (sites, _) = model.lora_sites(spec)?;
         if sites.is_empty() {
             return Err(ModelError::Input(
                 "the lora targets select no module of this model".into(),

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use seqtopk_backend::Backend;
 use seqtopk_data::DataConfig;
-use seqtopk_model::LoraSpec;
+use seqtopk_model::{LoraSpec, ModuleTargets};
 use seqtopk_router::RouterConfig;
 use serde::{Deserialize, Serialize};
 
@@ -92,9 +92,10 @@ pub struct LoraSection {
     /// rsLoRA scaling `alpha/√r`.
     #[serde(default)]
     pub use_rslora: bool,
-    /// Linear modules to adapt, by HF name.
+    /// Linear modules to adapt: HF names (`["q_proj", "v_proj"]`), or one regex over whole
+    /// module paths (`"model\\.layers\\.[0-3]\\..*_proj"`), as PEFT reads `target_modules`.
     #[serde(default = "default_lora_modules")]
-    pub target_modules: Vec<String>,
+    pub target_modules: ModuleTargets,
     /// Stacked expert parameters to adapt.
     #[serde(default = "default_lora_parameters")]
     pub target_parameters: Vec<String>,
@@ -107,10 +108,12 @@ fn default_lora_rank() -> usize {
     8
 }
 
-fn default_lora_modules() -> Vec<String> {
-    ["q_proj", "k_proj", "v_proj", "o_proj"]
-        .map(String::from)
-        .to_vec()
+fn default_lora_modules() -> ModuleTargets {
+    ModuleTargets::Names(
+        ["q_proj", "k_proj", "v_proj", "o_proj"]
+            .map(String::from)
+            .to_vec(),
+    )
 }
 
 fn default_lora_parameters() -> Vec<String> {
