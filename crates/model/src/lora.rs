@@ -8,9 +8,10 @@
 //!
 //! Targets are named as PEFT names them, by Hugging Face path: a `target_modules` entry selects
 //! the linear modules whose path equals it or ends in `.entry` (`q_proj`, `self_attn.o_proj`,
-//! `shared_expert.down_proj`), and `target_modules` given as one string is a regex the whole path
-//! must match (`model\.layers\.[0-3]\.self_attn\.(q|v)_proj`); a `target_parameters` entry selects stacked expert parameters the
-//! same way (`gate_up_proj`, `layers.3.mlp.experts.down_proj`). `modules_to_save` entries are
+//! `shared_expert.down_proj`), and `target_modules` given as one string is a regex over whole
+//! paths, widened on some families as PEFT widens it ([`ModuleTargets`]); a `target_parameters`
+//! entry selects stacked expert parameters the same way (`gate_up_proj`,
+//! `layers.3.mlp.experts.down_proj`). `modules_to_save` entries are
 //! trained in full and match, as in PEFT, any module path that ends with them (`gate` selects
 //! the router, and Qwen2-MoE's `shared_expert_gate` too).
 
