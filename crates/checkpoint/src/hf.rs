@@ -8,6 +8,7 @@ use burn::module::Param;
 use burn::nn::Linear;
 use burn::tensor::Tensor;
 use safetensors::tensor::TensorView;
+use seqtopk_model::hf_keys::{self, ATTENTION, MoeKeys, SWIGLU};
 use seqtopk_model::{Family, Ffn, MoeTransformer, SwiGlu, transpose};
 use serde_json::Value;
 
@@ -116,15 +117,14 @@ fn push_vector(
     Ok(())
 }
 
-fn push_swiglu(
-    out: &mut Vec<HfTensor>,
-    prefix: &str,
-    names: [&str; 3],
-    mlp: &SwiGlu,
-) -> Result<(), CheckpointError> {
-    push_linear(out, &format!("{prefix}.{}", names[0]), &mlp.gate_proj)?;
-    push_linear(out, &format!("{prefix}.{}", names[1]), &mlp.up_proj)?;
-    push_linear(out, &format!("{prefix}.{}", names[2]), &mlp.down_proj)
+fn push_swiglu(out: &mut Vec<HfTensor>, prefix: &str, mlp: &SwiGlu) -> Result<(), CheckpointError> {
+    for (name, linear) in SWIGLU
+        .iter()
+        .zip([&mlp.gate_proj, &mlp.up_proj, &mlp.down_proj])
+    {
+        push_linear(out, &format!("{prefix}.{name}"), linear)?;
+    }
+    Ok(())
 }
 
 /// Every parameter of `model` under its HF key, in the order transformers lists them.
@@ -139,32 +139,32 @@ pub fn hf_tensors(
     let family = model.config().family;
     let mut out = Vec::new();
     let [v, h] = model.embed_tokens.weight.val().dims();
+    let embed_key = format!("{}.weight", hf_keys::EMBED_TOKENS);
     out.push(HfTensor {
-        key: "model.embed_tokens.weight".into(),
         shape: vec![v, h],
-        values: values(&model.embed_tokens.weight, "model.embed_tokens.weight")?,
+        values: values(&model.embed_tokens.weight, &embed_key)?,
+        key: embed_key,
     });
     for (i, layer) in model.layers.iter().enumerate() {
-        let p = format!("model.layers.{i}");
+        let p = hf_keys::layer(i);
+        let attn = hf_keys::self_attn(&p);
         push_vector(
             &mut out,
             format!("{p}.input_layernorm.weight"),
             &layer.input_layernorm.weight,
         )?;
         let a = &layer.self_attn;
-        for (name, linear) in [
-            ("q_proj", &a.q_proj),
-            ("k_proj", &a.k_proj),
-            ("v_proj", &a.v_proj),
-            ("o_proj", &a.o_proj),
-        ] {
-            push_linear(&mut out, &format!("{p}.self_attn.{name}"), linear)?;
+        for (name, linear) in ATTENTION
+            .iter()
+            .zip([&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj])
+        {
+            push_linear(&mut out, &format!("{attn}.{name}"), linear)?;
         }
         if let Some(n) = &a.q_norm {
-            push_vector(&mut out, format!("{p}.self_attn.q_norm.weight"), &n.weight)?;
+            push_vector(&mut out, format!("{attn}.q_norm.weight"), &n.weight)?;
         }
         if let Some(n) = &a.k_norm {
-            push_vector(&mut out, format!("{p}.self_attn.k_norm.weight"), &n.weight)?;
+            push_vector(&mut out, format!("{attn}.k_norm.weight"), &n.weight)?;
         }
         push_vector(
             &mut out,
@@ -172,42 +172,29 @@ pub fn hf_tensors(
             &layer.post_attention_layernorm.weight,
         )?;
         match &layer.mlp {
-            Ffn::Dense(mlp) => push_swiglu(
-                &mut out,
-                &format!("{p}.mlp"),
-                ["gate_proj", "up_proj", "down_proj"],
-                mlp,
-            )?,
+            Ffn::Dense(mlp) => push_swiglu(&mut out, &hf_keys::dense_mlp(&p), mlp)?,
             Ffn::Moe(moe) => {
-                let mixtral_legacy = family == Family::Mixtral && layout == ExpertLayout::PerExpert;
-                let mp = if mixtral_legacy {
-                    format!("{p}.block_sparse_moe")
-                } else {
-                    format!("{p}.mlp")
-                };
-                push_linear(&mut out, &format!("{mp}.gate"), &moe.gate)?;
+                let mixtral_per_expert =
+                    family == Family::Mixtral && layout == ExpertLayout::PerExpert;
+                let keys = MoeKeys::new(&p, mixtral_per_expert);
+                push_linear(&mut out, &keys.gate(), &moe.gate)?;
                 let experts = moe
                     .experts
                     .to_hf()
                     .map_err(|message| CheckpointError::Tensor {
-                        key: format!("{mp}.experts"),
+                        key: keys.experts(),
                         message,
                     })?;
                 let (e, i) = (experts.num_experts, experts.intermediate);
                 match layout {
                     ExpertLayout::PerExpert => {
-                        let names = if mixtral_legacy {
-                            ["w1", "w3", "w2"]
-                        } else {
-                            ["gate_proj", "up_proj", "down_proj"]
-                        };
                         for x in 0..e {
                             let shapes = [[i, h], [i, h], [h, i]];
-                            for ((name, shape), values) in
-                                names.iter().zip(shapes).zip(experts.expert(x))
+                            for (j, (shape, values)) in
+                                shapes.into_iter().zip(experts.expert(x)).enumerate()
                             {
                                 out.push(HfTensor {
-                                    key: format!("{mp}.experts.{x}.{name}.weight"),
+                                    key: keys.expert_weight(x, j),
                                     shape: shape.to_vec(),
                                     values: values.to_vec(),
                                 });
@@ -216,34 +203,30 @@ pub fn hf_tensors(
                     }
                     ExpertLayout::Fused => {
                         out.push(HfTensor {
-                            key: format!("{mp}.experts.gate_up_proj"),
+                            key: keys.fused(0),
                             shape: vec![e, 2 * i, h],
                             values: experts.gate_up,
                         });
                         out.push(HfTensor {
-                            key: format!("{mp}.experts.down_proj"),
+                            key: keys.fused(1),
                             shape: vec![e, h, i],
                             values: experts.down,
                         });
                     }
                 }
                 if let Some(shared) = &moe.shared_expert {
-                    push_swiglu(
-                        &mut out,
-                        &format!("{mp}.shared_expert"),
-                        ["gate_proj", "up_proj", "down_proj"],
-                        shared,
-                    )?;
+                    push_swiglu(&mut out, &keys.shared_expert(), shared)?;
                 }
                 if let Some(gate) = &moe.shared_expert_gate {
-                    push_linear(&mut out, &format!("{mp}.shared_expert_gate"), gate)?;
+                    push_linear(&mut out, &keys.shared_expert_gate(), gate)?;
                 }
             }
         }
     }
-    push_vector(&mut out, "model.norm.weight".into(), &model.norm.weight)?;
+    let norm_key = format!("{}.weight", hf_keys::FINAL_NORM);
+    push_vector(&mut out, norm_key, &model.norm.weight)?;
     if let Some(head) = &model.lm_head {
-        push_linear(&mut out, "lm_head", head)?;
+        push_linear(&mut out, hf_keys::LM_HEAD, head)?;
     }
     Ok(out)
 }

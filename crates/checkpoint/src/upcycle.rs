@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 
 use burn::tensor::Device;
+use seqtopk_model::hf_keys;
 use seqtopk_model::{
     Family, Init, LoadError, MoeTransformer, MoeTransformerConfig, SeededInit, WeightSource,
 };
@@ -71,21 +72,6 @@ struct UpcycleSource {
     router_std: f32,
 }
 
-impl UpcycleSource {
-    fn dense_key(key: &str) -> Option<String> {
-        // model.layers.L.block_sparse_moe.experts.E.wN.weight → model.layers.L.mlp.X.weight
-        let (layer, rest) = key.split_once(".block_sparse_moe.experts.")?;
-        let (_expert, proj) = rest.split_once('.')?;
-        let name = match proj {
-            "w1.weight" => "gate_proj",
-            "w3.weight" => "up_proj",
-            "w2.weight" => "down_proj",
-            _ => return None,
-        };
-        Some(format!("{layer}.mlp.{name}.weight"))
-    }
-}
-
 impl WeightSource for UpcycleSource {
     fn tensor(&mut self, key: &str, shape: &[usize], init: Init) -> Result<Vec<f32>, LoadError> {
         if key.ends_with(".block_sparse_moe.gate.weight") {
@@ -93,7 +79,7 @@ impl WeightSource for UpcycleSource {
                 .router
                 .tensor(key, shape, Init::Normal(self.router_std));
         }
-        let source_key = Self::dense_key(key).unwrap_or_else(|| key.to_string());
+        let source_key = hf_keys::dense_source_of_expert(key).unwrap_or_else(|| key.to_string());
         match self.dense.get(&source_key) {
             Some(t) if t.shape == shape => Ok(t.values.clone()),
             Some(t) => Err(LoadError::ShapeMismatch {

@@ -17,8 +17,10 @@ use burn::tensor::activation::silu;
 use burn::tensor::{DType, Device, IndexingUpdateOp, Int, Tensor, TensorData};
 use seqtopk_router::RoutingPlan;
 
+use crate::LoadError;
+use crate::hf_keys::MoeKeys;
 use crate::lora::LoraFactors;
-use crate::weights::transpose;
+use crate::weights::{Init, WeightSource, transpose};
 
 /// The routed experts of one MoE layer: `down(silu(x·gate) ⊙ x·up)` per expert, stacked.
 ///
@@ -347,6 +349,74 @@ pub fn plan_tiers(counts: &[usize], training: bool) -> Vec<Tier> {
 pub(crate) fn int_tensor(values: Vec<i64>, device: &Device) -> Tensor<1, Int> {
     let len = values.len();
     Tensor::from_data(TensorData::new(values, [len]), device)
+}
+
+/// The routed experts of the MoE block `keys` names (`model.layers.L.mlp` or `.block_sparse_moe`), from
+/// per-expert keys or the fused v5 layout (`experts.gate_up_proj [E, 2I, H]` with gate rows first,
+/// `experts.down_proj [E, H, I]`; the transposed `[E, H, 2I]` / `[E, I, H]` variant is recognised by
+/// shape when `H ≠ 2I` / `H ≠ I`).
+///
+/// A seeded source has no fused key, so fresh experts are drawn per expert and projection in HF
+/// order (gate, up, down), as a per-expert checkpoint lists them.
+pub(crate) fn load_experts(
+    source: &mut dyn WeightSource,
+    keys: &MoeKeys,
+    e: usize,
+    h: usize,
+    i: usize,
+    device: &Device,
+) -> Result<Experts, LoadError> {
+    let (fused_gu, fused_down) = (keys.fused(0), keys.fused(1));
+    let mut hf = HfExperts {
+        num_experts: e,
+        hidden: h,
+        intermediate: i,
+        gate_up: Vec::with_capacity(e * 2 * i * h),
+        down: Vec::with_capacity(e * h * i),
+    };
+    if source.contains(&fused_gu) {
+        let gu_shape = source.shape(&fused_gu).unwrap_or_default();
+        let gu_transposed = gu_shape == [e, h, 2 * i] && h != 2 * i;
+        let shape = if gu_transposed {
+            [e, h, 2 * i]
+        } else {
+            [e, 2 * i, h]
+        };
+        let gu = source.tensor(&fused_gu, &shape, Init::Zeros)?;
+        let down_shape = source.shape(&fused_down).unwrap_or_default();
+        let down_transposed = down_shape == [e, i, h] && h != i;
+        let shape = if down_transposed {
+            [e, i, h]
+        } else {
+            [e, h, i]
+        };
+        let down = source.tensor(&fused_down, &shape, Init::Zeros)?;
+        if gu_transposed {
+            for gu_e in gu.chunks_exact(2 * i * h) {
+                hf.gate_up.extend(transpose(gu_e, h, 2 * i));
+            }
+        } else {
+            hf.gate_up = gu;
+        }
+        if down_transposed {
+            for down_e in down.chunks_exact(h * i) {
+                hf.down.extend(transpose(down_e, i, h));
+            }
+        } else {
+            hf.down = down;
+        }
+        return Ok(Experts::from_hf(&hf, device));
+    }
+    let std_in = |d: usize| Init::Normal(1.0 / (d as f32).sqrt());
+    for x in 0..e {
+        let gate = source.tensor(&keys.expert_weight(x, 0), &[i, h], std_in(h))?;
+        let up = source.tensor(&keys.expert_weight(x, 1), &[i, h], std_in(h))?;
+        let down = source.tensor(&keys.expert_weight(x, 2), &[h, i], std_in(i))?;
+        hf.gate_up.extend(gate);
+        hf.gate_up.extend(up);
+        hf.down.extend(down);
+    }
+    Ok(Experts::from_hf(&hf, device))
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ mod config;
 mod error;
 mod experts;
 mod generate;
+pub mod hf_keys;
 mod loader;
 mod lora;
 mod mlp;

@@ -11,10 +11,9 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{Device, FloatDType};
 use safetensors::tensor::{Dtype, Metadata};
 
-use crate::config::{Family, MoeTransformerConfig};
-use crate::experts::{Experts, HfExperts};
+use crate::config::MoeTransformerConfig;
 use crate::model::MoeTransformer;
-use crate::weights::{Init, WeightSource, transpose};
+use crate::weights::{Init, WeightSource};
 use crate::{LoadError, ModelError};
 
 /// A tensor read from a checkpoint, converted to f32 (row-major).
@@ -211,81 +210,6 @@ impl WeightSource for SafetensorsSource {
         let shard = &self.shards[*self.index.get(key)?];
         shard.metadata.info(key).map(|i| i.shape.clone())
     }
-}
-
-/// The routed experts of the MoE block at `mp` (`model.layers.L.mlp` or `.block_sparse_moe`), from
-/// per-expert keys or the fused v5 layout (`experts.gate_up_proj [E, 2I, H]` with gate rows first,
-/// `experts.down_proj [E, H, I]`; the transposed `[E, H, 2I]` / `[E, I, H]` variant is recognised by
-/// shape when `H ≠ 2I` / `H ≠ I`).
-///
-/// A seeded source has no fused key, so fresh experts are drawn per expert and projection in HF
-/// order (gate, up, down), as a per-expert checkpoint lists them.
-pub(crate) fn experts(
-    source: &mut dyn WeightSource,
-    mp: &str,
-    family: Family,
-    e: usize,
-    h: usize,
-    i: usize,
-    device: &Device,
-) -> Result<Experts, LoadError> {
-    let fused_gu = format!("{mp}.experts.gate_up_proj");
-    let fused_down = format!("{mp}.experts.down_proj");
-    let mut hf = HfExperts {
-        num_experts: e,
-        hidden: h,
-        intermediate: i,
-        gate_up: Vec::with_capacity(e * 2 * i * h),
-        down: Vec::with_capacity(e * h * i),
-    };
-    if source.contains(&fused_gu) {
-        let gu_shape = source.shape(&fused_gu).unwrap_or_default();
-        let gu_transposed = gu_shape == [e, h, 2 * i] && h != 2 * i;
-        let shape = if gu_transposed {
-            [e, h, 2 * i]
-        } else {
-            [e, 2 * i, h]
-        };
-        let gu = source.tensor(&fused_gu, &shape, Init::Zeros)?;
-        let down_shape = source.shape(&fused_down).unwrap_or_default();
-        let down_transposed = down_shape == [e, i, h] && h != i;
-        let shape = if down_transposed {
-            [e, i, h]
-        } else {
-            [e, h, i]
-        };
-        let down = source.tensor(&fused_down, &shape, Init::Zeros)?;
-        if gu_transposed {
-            for gu_e in gu.chunks_exact(2 * i * h) {
-                hf.gate_up.extend(transpose(gu_e, h, 2 * i));
-            }
-        } else {
-            hf.gate_up = gu;
-        }
-        if down_transposed {
-            for down_e in down.chunks_exact(h * i) {
-                hf.down.extend(transpose(down_e, i, h));
-            }
-        } else {
-            hf.down = down;
-        }
-        return Ok(Experts::from_hf(&hf, device));
-    }
-    let names = match family {
-        Family::Mixtral if mp.ends_with("block_sparse_moe") => ["w1", "w3", "w2"],
-        _ => ["gate_proj", "up_proj", "down_proj"],
-    };
-    let std_in = |d: usize| Init::Normal(1.0 / (d as f32).sqrt());
-    for x in 0..e {
-        let p = format!("{mp}.experts.{x}");
-        let gate = source.tensor(&format!("{p}.{}.weight", names[0]), &[i, h], std_in(h))?;
-        let up = source.tensor(&format!("{p}.{}.weight", names[1]), &[i, h], std_in(h))?;
-        let down = source.tensor(&format!("{p}.{}.weight", names[2]), &[h, i], std_in(i))?;
-        hf.gate_up.extend(gate);
-        hf.gate_up.extend(up);
-        hf.down.extend(down);
-    }
-    Ok(Experts::from_hf(&hf, device))
 }
 
 /// Loads an HF checkpoint directory (`config.json` + weights) as f32 parameters on `device`.

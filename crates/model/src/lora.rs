@@ -21,6 +21,7 @@ use burn::tensor::module::linear;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use seqtopk_rng::SplitMix64;
 
+use crate::hf_keys::{self, ATTENTION, SWIGLU};
 use crate::model::{Ffn, MoeTransformer};
 use crate::{Experts, ModelError, SwiGlu};
 use crate::{Family, FfnKind, MoeTransformerConfig};
@@ -281,9 +282,6 @@ enum LayerWeight {
     Experts(&'static str),
 }
 
-const ATTENTION: [&str; 4] = ["q_proj", "k_proj", "v_proj", "o_proj"];
-const SWIGLU: [&str; 3] = ["gate_proj", "up_proj", "down_proj"];
-
 /// Every weight LoRA can adapt in a model of `config`, in HF order: the geometry the adapters,
 /// their PEFT layout and a dry run's parameter count all read.
 pub fn adapter_sites(config: &MoeTransformerConfig) -> Vec<AdapterSite> {
@@ -309,30 +307,31 @@ pub fn adapter_sites(config: &MoeTransformerConfig) -> Vec<AdapterSite> {
             .collect::<Vec<_>>()
     };
     for (l, ffn) in config.layers.iter().enumerate() {
-        let p = format!("model.layers.{l}");
+        let p = hf_keys::layer(l);
+        let keys = hf_keys::MoeKeys::new(&p, false);
         let shapes = [(h, q), (h, kv), (h, kv), (q, h)];
         for (j, name) in ATTENTION.iter().enumerate() {
             let (d_in, d_out) = shapes[j];
-            let name = format!("{p}.self_attn.{name}");
+            let name = format!("{}.{name}", hf_keys::self_attn(&p));
             sites.push(linear(l, LayerWeight::Attention(j), name, d_in, d_out));
         }
         match (ffn, &config.moe) {
             (FfnKind::Dense { intermediate_size }, _) => {
                 sites.extend(swiglu(
                     l,
-                    &format!("{p}.mlp"),
+                    &hf_keys::dense_mlp(&p),
                     *intermediate_size,
                     LayerWeight::Mlp,
                 ));
             }
             (FfnKind::Moe, Some(moe)) => {
                 let (e, i) = (moe.num_experts, moe.expert_intermediate_size);
-                for (path, hf, d_in, d_out) in [
-                    ("gate_up", "gate_up_proj", h, 2 * i),
-                    ("down", "down_proj", i, h),
-                ] {
+                for (j, (path, d_in, d_out)) in [("gate_up", h, 2 * i), ("down", i, h)]
+                    .into_iter()
+                    .enumerate()
+                {
                     sites.push(AdapterSite {
-                        hf_name: format!("{p}.mlp.experts.{hf}"),
+                        hf_name: keys.fused(j),
                         experts: true,
                         num: e,
                         d_in,
@@ -344,7 +343,7 @@ pub fn adapter_sites(config: &MoeTransformerConfig) -> Vec<AdapterSite> {
                     });
                 }
                 if let Some(i) = moe.shared_expert_intermediate_size {
-                    let prefix = format!("{p}.mlp.shared_expert");
+                    let prefix = keys.shared_expert();
                     sites.extend(swiglu(l, &prefix, i, LayerWeight::SharedExpert));
                 }
             }
@@ -383,12 +382,13 @@ fn whole_modules(config: &MoeTransformerConfig) -> Vec<WholeModule> {
         params,
     };
     let mut out = vec![module(
-        "model.embed_tokens".into(),
+        hf_keys::EMBED_TOKENS.into(),
         WholePlace::Embedding,
         v * h,
     )];
     for (l, ffn) in config.layers.iter().enumerate() {
-        let p = format!("model.layers.{l}");
+        let p = hf_keys::layer(l);
+        let keys = hf_keys::MoeKeys::new(&p, false);
         let qkv_bias = usize::from(config.qkv_bias);
         let params = [
             h * q + qkv_bias * q,
@@ -397,23 +397,23 @@ fn whole_modules(config: &MoeTransformerConfig) -> Vec<WholeModule> {
             q * h + usize::from(config.o_bias) * h,
         ];
         for (j, name) in ATTENTION.iter().enumerate() {
-            let name = format!("{p}.self_attn.{name}");
+            let name = format!("{}.{name}", hf_keys::self_attn(&p));
             out.push(module(name, WholePlace::Attention(l, j), params[j]));
         }
         if let (FfnKind::Moe, Some(moe)) = (ffn, &config.moe) {
             out.push(module(
-                format!("{p}.mlp.gate"),
+                keys.gate(),
                 WholePlace::Router(l),
                 h * moe.num_experts,
             ));
             if moe.shared_expert_intermediate_size.is_some() {
-                let name = format!("{p}.mlp.shared_expert_gate");
+                let name = keys.shared_expert_gate();
                 out.push(module(name, WholePlace::SharedExpertGate(l), h));
             }
         }
     }
     if !config.tie_word_embeddings {
-        out.push(module("lm_head".into(), WholePlace::Head, h * v));
+        out.push(module(hf_keys::LM_HEAD.into(), WholePlace::Head, h * v));
     }
     out
 }

@@ -8,6 +8,8 @@ use seqtopk_router::{ExpertCache, Router, RouterConfig, RouterOutput, RoutingMod
 
 use crate::attention::{Attention, AttentionMask, LayerKvCache, attention_mask};
 use crate::config::{Family, FfnKind, MoeTransformerConfig, QkNorm};
+use crate::experts::load_experts;
+use crate::hf_keys::{self, SWIGLU};
 use crate::mlp::SwiGlu;
 use crate::moe::{RouteCall, SparseMoe};
 use crate::norm::RmsNorm;
@@ -198,7 +200,8 @@ impl MoeTransformer {
     ) -> Result<Self, LoadError> {
         let c = config;
         let (h, v) = (c.hidden_size, c.vocab_size);
-        let embed = source.tensor("model.embed_tokens.weight", &[v, h], Init::Normal(0.02))?;
+        let embed_key = format!("{}.weight", hf_keys::EMBED_TOKENS);
+        let embed = source.tensor(&embed_key, &[v, h], Init::Normal(0.02))?;
         let embed_tokens = stored_in(
             Embedding {
                 weight: Param::from_data(TensorData::new(embed, [v, h]), device),
@@ -207,7 +210,7 @@ impl MoeTransformer {
         );
         let mut layers = Vec::with_capacity(c.layers.len());
         for (i, kind) in c.layers.iter().enumerate() {
-            let p = format!("model.layers.{i}");
+            let p = hf_keys::layer(i);
             let layer = DecoderLayer {
                 input_layernorm: norm(
                     source,
@@ -228,8 +231,7 @@ impl MoeTransformer {
                 mlp: match kind {
                     FfnKind::Dense { intermediate_size } => Ffn::Dense(swiglu(
                         source,
-                        &format!("{p}.mlp"),
-                        ["gate_proj", "up_proj", "down_proj"],
+                        &hf_keys::dense_mlp(&p),
                         h,
                         *intermediate_size,
                         device,
@@ -240,13 +242,19 @@ impl MoeTransformer {
             layers.push(stored_in(layer, dtype));
         }
         let final_norm = stored_in(
-            norm(source, "model.norm.weight", h, c.rms_norm_eps, device)?,
+            norm(
+                source,
+                &format!("{}.weight", hf_keys::FINAL_NORM),
+                h,
+                c.rms_norm_eps,
+                device,
+            )?,
             dtype,
         );
         let lm_head = if c.tie_word_embeddings {
             None
         } else {
-            let head = linear_from(source, "lm_head", h, v, false, device)?;
+            let head = linear_from(source, hf_keys::LM_HEAD, h, v, false, device)?;
             Some(stored_in(head, dtype))
         };
         let mut model = Self {
@@ -593,7 +601,6 @@ fn linear_from_values(
 fn swiglu(
     source: &mut dyn WeightSource,
     prefix: &str,
-    names: [&str; 3],
     h: usize,
     i: usize,
     device: &Device,
@@ -601,7 +608,7 @@ fn swiglu(
     Ok(SwiGlu {
         gate_proj: linear_from(
             source,
-            &format!("{prefix}.{}", names[0]),
+            &format!("{prefix}.{}", SWIGLU[0]),
             h,
             i,
             false,
@@ -609,7 +616,7 @@ fn swiglu(
         )?,
         up_proj: linear_from(
             source,
-            &format!("{prefix}.{}", names[1]),
+            &format!("{prefix}.{}", SWIGLU[1]),
             h,
             i,
             false,
@@ -617,7 +624,7 @@ fn swiglu(
         )?,
         down_proj: linear_from(
             source,
-            &format!("{prefix}.{}", names[2]),
+            &format!("{prefix}.{}", SWIGLU[2]),
             i,
             h,
             false,
@@ -638,7 +645,7 @@ fn build_attention(
         c.num_key_value_heads,
         c.head_dim,
     );
-    let a = format!("{p}.self_attn");
+    let a = hf_keys::self_attn(p);
     let (q_width, k_width) = match c.qk_norm {
         QkNorm::FullWidth => (nh * d, nkv * d),
         _ => (d, d),
@@ -712,26 +719,18 @@ fn build_moe(
         .ok_or_else(|| ModelError::Input("MoE layer without an MoE config".into()))?;
     let (h, e, i) = (c.hidden_size, moe.num_experts, moe.expert_intermediate_size);
     // Mixtral keeps `block_sparse_moe` on disk unless re-saved in the fused v5 layout (`mlp`).
-    let mp = if c.family == Family::Mixtral && !source.contains(&format!("{p}.mlp.gate.weight")) {
-        format!("{p}.block_sparse_moe")
-    } else {
-        format!("{p}.mlp")
-    };
-    let gate = linear_from(source, &format!("{mp}.gate"), h, e, false, device)?;
-    let experts = crate::loader::experts(source, &mp, c.family, e, h, i, device)?;
+    let v5 = hf_keys::MoeKeys::new(p, false);
+    let mixtral_per_expert =
+        c.family == Family::Mixtral && !source.contains(&format!("{}.weight", v5.gate()));
+    let keys = hf_keys::MoeKeys::new(p, mixtral_per_expert);
+    let gate = linear_from(source, &keys.gate(), h, e, false, device)?;
+    let experts = load_experts(source, &keys, e, h, i, device)?;
     let (shared_expert, shared_expert_gate) = match moe.shared_expert_intermediate_size {
         Some(si) => (
-            Some(swiglu(
-                source,
-                &format!("{mp}.shared_expert"),
-                ["gate_proj", "up_proj", "down_proj"],
-                h,
-                si,
-                device,
-            )?),
+            Some(swiglu(source, &keys.shared_expert(), h, si, device)?),
             Some(linear_from(
                 source,
-                &format!("{mp}.shared_expert_gate"),
+                &keys.shared_expert_gate(),
                 h,
                 1,
                 false,

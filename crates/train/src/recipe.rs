@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use seqtopk_backend::Backend;
 use seqtopk_data::DataConfig;
-use seqtopk_model::{LoraSpec, ModuleTargets};
+use seqtopk_model::{LoraSpec, ModuleTargets, hf_keys};
 use seqtopk_router::RouterConfig;
 use serde::{Deserialize, Serialize};
 
@@ -109,15 +109,11 @@ fn default_lora_rank() -> usize {
 }
 
 fn default_lora_modules() -> ModuleTargets {
-    ModuleTargets::Names(
-        ["q_proj", "k_proj", "v_proj", "o_proj"]
-            .map(String::from)
-            .to_vec(),
-    )
+    ModuleTargets::Names(hf_keys::ATTENTION.map(String::from).to_vec())
 }
 
 fn default_lora_parameters() -> Vec<String> {
-    ["gate_up_proj", "down_proj"].map(String::from).to_vec()
+    hf_keys::FUSED_EXPERTS.map(String::from).to_vec()
 }
 
 fn default_modules_to_save() -> Vec<String> {
