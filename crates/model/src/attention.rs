@@ -232,21 +232,26 @@ impl AttentionMask {
         }
     }
 
-    /// `(first query, queries)` of the causal blocks `t` queries run in: one block unless the
-    /// queries start the sequence (no cache), every row keeps a key, and each block would hold at
-    /// least [`MIN_QUERY_BLOCK`] queries.
+    /// `(first query, queries)` of the causal blocks `t` queries run in: [`causal_blocks`] when
+    /// the queries start the sequence (no cache) and every row keeps a key, else one block.
     pub fn query_blocks(&self, t: usize) -> Vec<(usize, usize)> {
-        let n = if self.past == 0 && self.every_query_sees_a_key {
-            (t / MIN_QUERY_BLOCK).clamp(1, MAX_QUERY_BLOCKS)
-        } else {
-            1
-        };
-        let len = t.div_ceil(n);
-        (0..t)
-            .step_by(len.max(1))
-            .map(|start| (start, len.min(t - start)))
-            .collect()
+        match self.past == 0 && self.every_query_sees_a_key {
+            true => causal_blocks(t),
+            false => vec![(0, t)],
+        }
     }
+}
+
+/// `(first query, queries)` of the causal blocks a prefill of `t` queries splits into, each
+/// holding at least [`MIN_QUERY_BLOCK`] queries (one block below that); block `b` attends to
+/// keys up to its last query only (the memory estimate reads the same split).
+pub fn causal_blocks(t: usize) -> Vec<(usize, usize)> {
+    let n = (t / MIN_QUERY_BLOCK).clamp(1, MAX_QUERY_BLOCKS);
+    let len = t.div_ceil(n);
+    (0..t)
+        .step_by(len.max(1))
+        .map(|start| (start, len.min(t - start)))
+        .collect()
 }
 
 /// The attention mask `[B, 1, T_q, T_k]` (`true` = masked): a query at absolute position

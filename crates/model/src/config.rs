@@ -159,12 +159,19 @@ impl MoeTransformerConfig {
             .collect()
     }
 
+    /// Widths of the attention's query and of its key/value projections (heads × head_dim).
+    pub fn attention_widths(&self) -> (usize, usize) {
+        (
+            self.num_attention_heads * self.head_dim,
+            self.num_key_value_heads * self.head_dim,
+        )
+    }
+
     /// Scalar parameters of the model this config describes, counted without building it (what a
     /// dry run reports when the weights are not at hand). Equals `MoeTransformer::num_params`.
     pub fn parameter_count(&self) -> usize {
         let h = self.hidden_size;
-        let q = self.num_attention_heads * self.head_dim;
-        let kv = self.num_key_value_heads * self.head_dim;
+        let (q, kv) = self.attention_widths();
         let qkv_bias = if self.qkv_bias { q + 2 * kv } else { 0 };
         let qk_norm = match self.qk_norm {
             QkNorm::None => 0,

@@ -27,7 +27,7 @@ mod precision;
 pub mod rope;
 mod weights;
 
-pub use attention::{Attention, AttentionMask, LayerKvCache, attention_mask};
+pub use attention::{Attention, AttentionMask, LayerKvCache, attention_mask, causal_blocks};
 pub use config::{Family, FfnKind, MoeConfig, MoeTransformerConfig, QkNorm};
 pub use error::{ConfigError, LoadError, ModelError};
 pub use experts::{Experts, HfExperts, Tier, plan_tiers};
@@ -45,5 +45,5 @@ pub use model::{
 };
 pub use moe::{RouteCall, SparseMoe};
 pub use norm::RmsNorm;
-pub use objective::{TargetNll, causal_lm_loss, next_token_targets};
+pub use objective::{TargetNll, causal_lm_loss, loss_chunk_rows, next_token_targets};
 pub use weights::{Init, SeededInit, WeightSource, transpose};

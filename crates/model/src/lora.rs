@@ -286,8 +286,7 @@ enum LayerWeight {
 /// their PEFT layout and a dry run's parameter count all read.
 pub fn adapter_sites(config: &MoeTransformerConfig) -> Vec<AdapterSite> {
     let h = config.hidden_size;
-    let q = config.num_attention_heads * config.head_dim;
-    let kv = config.num_key_value_heads * config.head_dim;
+    let (q, kv) = config.attention_widths();
     let mut sites = Vec::new();
     let linear = |layer, weight, hf_name: String, d_in, d_out| AdapterSite {
         hf_name,
@@ -374,8 +373,7 @@ enum WholePlace {
 /// Every module `modules_to_save` can name in a model of `config`, in HF order.
 fn whole_modules(config: &MoeTransformerConfig) -> Vec<WholeModule> {
     let (h, v) = (config.hidden_size, config.vocab_size);
-    let q = config.num_attention_heads * config.head_dim;
-    let kv = config.num_key_value_heads * config.head_dim;
+    let (q, kv) = config.attention_widths();
     let module = |hf_name: String, place, params| WholeModule {
         hf_name,
         place,

@@ -24,6 +24,11 @@ use crate::model::MoeTransformer;
 /// whole `[N, V]`.
 const CHUNK_ELEMENTS: usize = 16 << 20;
 
+/// Positions per chunk of the loss over a vocabulary of `vocab` (the memory estimate reads it).
+pub fn loss_chunk_rows(vocab: usize) -> usize {
+    (CHUNK_ELEMENTS / vocab.max(1)).max(16)
+}
+
 /// The loss of the positions that have a target.
 #[derive(Debug, Clone)]
 pub struct TargetNll {
@@ -41,7 +46,7 @@ impl MoeTransformer {
     /// states `[B, T, H]` of [`Self::forward_hidden`]. Logits are computed in the hidden states'
     /// dtype and the softmax in f32, as [`Self::logits`] does.
     pub fn target_nll(&self, hidden: Tensor<3>, targets: &[i32]) -> Result<TargetNll, ModelError> {
-        let rows = (CHUNK_ELEMENTS / self.config().vocab_size).max(16);
+        let rows = loss_chunk_rows(self.config().vocab_size);
         self.target_nll_in_chunks(hidden, targets, rows)
     }
 

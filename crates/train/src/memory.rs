@@ -10,22 +10,15 @@
 //! a cast or a sum nothing. The model's tensors are in the compute dtype (`a` bytes: 4, or 2 in
 //! a half-precision run); norm statistics, softmaxes and the router run in f32.
 
-use seqtopk_model::{FfnKind, MoeTransformerConfig, QkNorm};
+use seqtopk_model::{FfnKind, MoeTransformerConfig, QkNorm, causal_blocks, loss_chunk_rows};
 
 use crate::recipe::{Recipe, Recompute};
 use crate::trainer::Budget;
-
-/// Rows of logits per loss chunk are capped by this many elements (the model crate's chunk).
-const LOSS_CHUNK_ELEMENTS: usize = 16 << 20;
 
 /// Rows the batched expert dispatch runs per routed pair: it pads each pass's experts to a
 /// common count. Measured 1.2–1.5 on a freshly upcycled SmolLM2 (8 experts, top-2), whose
 /// router is far from balanced; a trained router pads less.
 const DISPATCH_PADDING: f64 = 1.3;
-
-/// Query rows per causal attention block, and most blocks (as the model's attention splits).
-const MIN_QUERY_BLOCK: usize = 128;
-const MAX_QUERY_BLOCKS: usize = 4;
 
 /// The shapes of one micro-batch on one device.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -109,17 +102,17 @@ pub fn estimate(
     let acts = Activations::new(config, shape);
     let layers: f64 = config.layers.iter().map(|ffn| acts.layer(ffn)).sum();
     let head = acts.head();
-    let (activations, attention_scores) = match shape.recompute {
-        Recompute::None => (layers + head, acts.scores_bytes()),
+    let activations = match shape.recompute {
+        Recompute::None => layers + head,
         // Burn's balanced strategy keeps compute-bound outputs (matmuls) and recomputes the
         // memory-bound ones from them: of each layer's softmax only the raw scores stay.
-        Recompute::Balanced => (acts.balanced(layers) + head, acts.scores_bytes()),
+        Recompute::Balanced => acts.balanced(layers) + head,
     };
     // Backward of the last layer's softmax holds the gradients of its probabilities, of the
     // exponentials and of the scores at once; recomputing a half-precision softmax adds the f32
     // copy of the scores it starts from.
     let recomputed = shape.half && shape.recompute == Recompute::Balanced;
-    let backward = (3.0 + f64::from(u8::from(recomputed))) * attention_scores;
+    let backward = (3.0 + f64::from(u8::from(recomputed))) * acts.scores_bytes();
     MemoryEstimate {
         weights: budget.weight_bytes(shape.half),
         optimizer: budget.state_bytes(shape.half) - budget.weight_bytes(shape.half),
@@ -160,12 +153,9 @@ impl<'a> Activations<'a> {
     /// Score elements of one layer: `rows · heads · Σ_blocks queries · keys`, the causal blocks
     /// skipping keys past each block's last query.
     fn score_elements(&self) -> f64 {
-        let t = self.shape.seq_len;
-        let blocks = (t / MIN_QUERY_BLOCK).clamp(1, MAX_QUERY_BLOCKS);
-        let len = t.div_ceil(blocks);
-        let area: usize = (0..t)
-            .step_by(len.max(1))
-            .map(|start| len.min(t - start) * (start + len.min(t - start)))
+        let area: usize = causal_blocks(self.shape.seq_len)
+            .into_iter()
+            .map(|(start, len)| len * (start + len))
             .sum();
         (self.shape.rows * self.c.num_attention_heads * area) as f64
     }
@@ -179,8 +169,8 @@ impl<'a> Activations<'a> {
     /// and probabilities; the merged heads feed `o_proj`; the mask is one byte per score.
     fn attention(&self) -> f64 {
         let c = self.c;
-        let q = (c.num_attention_heads * c.head_dim) as f64;
-        let kv = (c.num_key_value_heads * c.head_dim) as f64;
+        let (q, kv) = c.attention_widths();
+        let (q, kv) = (q as f64, kv as f64);
         let gqa = c.num_key_value_heads < c.num_attention_heads;
         let mut elements = 3.0 * q + 3.0 * kv + kv + q;
         if gqa {
@@ -236,8 +226,8 @@ impl<'a> Activations<'a> {
     fn lora_weights(&self) -> f64 {
         let c = self.c;
         let h = c.hidden_size as f64;
-        let q = (c.num_attention_heads * c.head_dim) as f64;
-        let kv = (c.num_key_value_heads * c.head_dim) as f64;
+        let (q, kv) = c.attention_widths();
+        let (q, kv) = (q as f64, kv as f64);
         self.shape
             .lora_rank
             .map_or(0.0, |_| (2.0 * h * q + 2.0 * h * kv) * self.a)
@@ -276,7 +266,7 @@ impl<'a> Activations<'a> {
     /// it, as the CPU backend's half-precision matmul makes (a GPU's would not).
     fn loss_transient(&self) -> f64 {
         let v = self.c.vocab_size;
-        let rows = (LOSS_CHUNK_ELEMENTS / v).max(16).min(self.n as usize);
+        let rows = loss_chunk_rows(v).min(self.n as usize);
         let head_copies = match self.shape.half {
             true => 2.0 * (v * self.c.hidden_size) as f64 * F32,
             false => 0.0,
