@@ -2,7 +2,7 @@
 //! native logits, dtype handling, upcycling, inspection, and every refusal.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::module::Module;
 use burn::tensor::{Device, FloatDType};
@@ -14,6 +14,8 @@ use seqtopk_checkpoint::{
 use seqtopk_model::{Ffn, LoadError, MoeTransformer};
 use seqtopk_router::TokenLayout;
 
+use crate::support::{fixture, scratch};
+
 const FIXTURES: [&str; 8] = [
     "llama-tiny",
     "mixtral-tiny",
@@ -24,20 +26,6 @@ const FIXTURES: [&str; 8] = [
     "qwen2_moe-tiny-sharded",
     "qwen3_moe-tiny",
 ];
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../checkpoints/fixtures")
-        .join(name)
-}
-
-/// A fresh scratch directory under the target dir (removed first if a previous run left it).
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("checkpoint-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// `{key: (dtype, shape, raw bytes)}` of every safetensors file of an HF directory.
 fn raw_tensors(dir: &Path) -> BTreeMap<String, (String, Vec<usize>, Vec<u8>)> {

@@ -15,6 +15,8 @@ use seqtopk_checkpoint::{CheckpointError, load};
 use seqtopk_model::{MoeTransformer, MoeTransformerConfig};
 use seqtopk_router::TokenLayout;
 
+use crate::support::{self, fixture};
+
 /// (base, adapter) fixtures: an adapter per family with listed targets, and two whose
 /// `target_modules` is a regex (OLMoE's, which PEFT widens to the matched modules' last path
 /// component, and Qwen2-MoE's, which it applies to whole paths).
@@ -29,17 +31,8 @@ const ADAPTED: [(&str, &str); 5] = [
     ),
 ];
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../checkpoints/fixtures")
-        .join(name)
-}
-
 fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("peft-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    support::scratch(&format!("peft-{name}"))
 }
 
 /// `{key: (shape, f32 values)}` of a safetensors file.
