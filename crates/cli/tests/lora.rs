@@ -2,11 +2,12 @@
 //! gate, resumes exactly and exports the merged model with a PEFT adapter; `convert merge` folds
 //! an adapter PEFT made into its base as PEFT's `merge_and_unload` does.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
-use crate::support::{self, failure, fixture, ok_json, repo_root, scratch, text};
-use burn::store::{BurnpackStore, ModuleSnapshot};
+use crate::support::{
+    self, checkpoint, checkpoint_weights as weights, failure, fixture, ok_json, scratch, text,
+};
 use burn::tensor::Device;
 use safetensors::SafeTensors;
 use seqtopk_model::{MoeTransformer, MoeTransformerConfig};
@@ -15,45 +16,17 @@ use seqtopk_train::Recipe;
 
 /// The tiny recipe, shrunk, with LoRA rank 4 on attention and experts (the defaults).
 fn lora_run(out: &Path, steps: u64, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "train",
-        "--recipe",
-        "recipes/tiny-seqtopk-math.toml",
-        "--no-progress",
-        "--set",
-        "data.seq_len=64",
-        "--set",
-        "batch.micro_batch_size=2",
-        "--set",
+    let fixed = [
         "train.eval_every=0",
-        "--set",
         "train.checkpoint_every=2",
-        "--set",
         "schedule.warmup_steps=1",
-        "--set",
         "lora.r=4",
-    ]
-    .map(String::from)
-    .to_vec();
-    for set in [
-        format!("train.steps={steps}"),
-        format!("output_dir=\"{}\"", out.display()),
-    ]
-    .into_iter()
-    .chain(extra.iter().map(|e| e.to_string()))
-    {
-        args.push("--set".into());
-        args.push(set);
-    }
-    args
+    ];
+    support::tiny_train(out, steps, &fixed, extra)
 }
 
 fn run(args: &[String]) -> Output {
-    support::command(args)
-        .current_dir(repo_root())
-        .env("RUST_LOG", "info")
-        .output()
-        .expect("the binary runs")
+    support::from_root(args).output().expect("the binary runs")
 }
 
 /// The model of a from-scratch recipe, seeded as `train` seeds it.
@@ -61,31 +34,6 @@ fn scratch_model(recipe: &Recipe) -> MoeTransformer {
     let json = serde_json::to_string(recipe.model.config.as_ref().unwrap()).unwrap();
     let config = MoeTransformerConfig::from_json_str(&json, "recipe").unwrap();
     MoeTransformer::init(&config, recipe.seed, &Device::flex()).unwrap()
-}
-
-/// Every tensor of a checkpoint's `model.bpk` (base weights and LoRA factors), by module path.
-fn weights(checkpoint: &Path) -> Vec<(String, Vec<u8>)> {
-    let recipe = Recipe::from_file(&checkpoint.join("recipe.toml"), &[]).unwrap();
-    let spec = recipe.lora.as_ref().unwrap().spec();
-    let (mut model, _) = scratch_model(&recipe).with_lora(&spec, 1).unwrap();
-    let result = model
-        .load_from(&mut BurnpackStore::from_file(checkpoint.join("model.bpk")))
-        .unwrap();
-    assert!(
-        result.missing.is_empty() && result.errors.is_empty(),
-        "{result:?}"
-    );
-    let mut all: Vec<(String, Vec<u8>)> = model
-        .collect(None, None, false)
-        .into_iter()
-        .map(|t| (t.name.clone(), t.to_bytes().unwrap().to_vec()))
-        .collect();
-    all.sort();
-    all
-}
-
-fn checkpoint(out: &Path, step: u64) -> PathBuf {
-    out.join("checkpoints").join(format!("step-{step:06}"))
 }
 
 /// The logits rows of the real (unpadded) positions of `all` `[B·T, V]` under `layout`.

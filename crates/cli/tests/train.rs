@@ -1,84 +1,28 @@
 //! End-to-end tests of `seqtopk train` through the binary, on the CPU backend.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{self, ok_json, repo_root, scratch, text};
+use crate::support::{
+    self, checkpoint, checkpoint_weights as weights, ok_json, repo_root, scratch, text,
+};
 use burn::module::Module;
-use burn::store::{BurnpackStore, ModuleSnapshot};
 use burn::tensor::Device;
-use seqtopk_model::{MoeTransformer, MoeTransformerConfig};
 
 /// The tiny recipe shrunk further so each step takes a fraction of a second in debug builds.
 fn small_run(out: &Path, steps: u64, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "train",
-        "--recipe",
-        "recipes/tiny-seqtopk-math.toml",
-        "--no-progress",
-        "--set",
-        "data.seq_len=64",
-        "--set",
-        "batch.micro_batch_size=2",
-        "--set",
-        "schedule.warmup_steps=2",
-        "--set",
-        "train.eval_batches=1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.push("--set".into());
-    args.push(format!("train.steps={steps}"));
-    args.push("--set".into());
-    args.push(format!("output_dir=\"{}\"", out.display()));
-    for e in extra {
-        args.push("--set".into());
-        args.push((*e).into());
-    }
-    args
+    let fixed = ["schedule.warmup_steps=2", "train.eval_batches=1"];
+    support::tiny_train(out, steps, &fixed, extra)
 }
 
-/// `seqtopk args…` run from the repository root (recipes name their files relative to it), with
-/// `RUST_LOG=info`: some checks read the info-level lines (resumed, routing).
 fn seqtopk(args: &[String]) -> Command {
-    let mut cmd = support::command(args);
-    cmd.current_dir(repo_root()).env("RUST_LOG", "info");
-    cmd
+    support::from_root(args)
 }
 
 fn run(args: &[String]) -> Output {
     seqtopk(args).output().expect("the binary runs")
-}
-
-/// All parameters of a checkpoint's `model.bpk`, by path, as raw bytes.
-fn weights(checkpoint: &Path) -> Vec<(String, Vec<u8>)> {
-    let config: toml::Table =
-        toml::from_str(&std::fs::read_to_string(checkpoint.join("recipe.toml")).unwrap()).unwrap();
-    let json = serde_json::to_string(&config["model"]["config"]).unwrap();
-    let config = MoeTransformerConfig::from_json_str(&json, "recipe").unwrap();
-    let device = Device::flex();
-    let mut model = MoeTransformer::init(&config, 12345, &device).unwrap();
-    let result = model
-        .load_from(&mut BurnpackStore::from_file(checkpoint.join("model.bpk")))
-        .unwrap();
-    assert!(result.missing.is_empty() && result.errors.is_empty());
-    let mut all: Vec<(String, Vec<u8>)> = model
-        .collect(None, None, false)
-        .into_iter()
-        .map(|t| {
-            let bytes = t.to_bytes().unwrap();
-            (t.name.clone(), bytes.to_vec())
-        })
-        .collect();
-    all.sort();
-    all
-}
-
-fn checkpoint(out: &Path, step: u64) -> PathBuf {
-    out.join("checkpoints").join(format!("step-{step:06}"))
 }
 
 #[test]

@@ -8,7 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use burn::store::{BurnpackStore, ModuleSnapshot};
+use burn::tensor::Device;
 use safetensors::SafeTensors;
+use seqtopk_model::{MoeTransformer, MoeTransformerConfig};
+use seqtopk_train::Recipe;
 use serde_json::Value;
 
 /// The repository root: recipes, `data/` and checkpoints are named relative to it.
@@ -135,4 +139,77 @@ fn values<T, const N: usize>(
         .map(|c| from_le(c.try_into().unwrap()))
         .collect();
     (t.shape().to_vec(), v)
+}
+
+/// `train` on the tiny recipe (`recipes/tiny-seqtopk-math.toml`, 64 tokens, micro-batch 2, no
+/// progress bar) for `steps` steps into `out`, with more `--set` overrides: `fixed` (a test
+/// file's own shrinking) then `extra` (one test's).
+pub fn tiny_train(out: &Path, steps: u64, fixed: &[&str], extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "train",
+        "--recipe",
+        "recipes/tiny-seqtopk-math.toml",
+        "--no-progress",
+    ]
+    .map(String::from)
+    .to_vec();
+    let sets = [
+        "data.seq_len=64".to_owned(),
+        "batch.micro_batch_size=2".into(),
+    ]
+    .into_iter()
+    .chain(fixed.iter().map(|s| (*s).to_owned()))
+    .chain([
+        format!("train.steps={steps}"),
+        format!("output_dir=\"{}\"", out.display()),
+    ])
+    .chain(extra.iter().map(|s| (*s).to_owned()));
+    for set in sets {
+        args.push("--set".into());
+        args.push(set);
+    }
+    args
+}
+
+/// `seqtopk args…` run from the repository root (recipes name their files relative to it), with
+/// `RUST_LOG=info`: some checks read the info-level lines (resumed, routing).
+pub fn from_root<I, S>(args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = command(args);
+    cmd.current_dir(repo_root()).env("RUST_LOG", "info");
+    cmd
+}
+
+/// The checkpoint a run into `out` saved after `step`.
+pub fn checkpoint(out: &Path, step: u64) -> PathBuf {
+    out.join("checkpoints").join(format!("step-{step:06}"))
+}
+
+/// Every tensor of a checkpoint's `model.bpk` (base weights and any LoRA factors), by module
+/// path, as raw bytes: the model its `recipe.toml` describes, loaded from the file.
+pub fn checkpoint_weights(checkpoint: &Path) -> Vec<(String, Vec<u8>)> {
+    let recipe = Recipe::from_file(&checkpoint.join("recipe.toml"), &[]).unwrap();
+    let json = serde_json::to_string(recipe.model.config.as_ref().unwrap()).unwrap();
+    let config = MoeTransformerConfig::from_json_str(&json, "recipe").unwrap();
+    let mut model = MoeTransformer::init(&config, recipe.seed, &Device::flex()).unwrap();
+    if let Some(lora) = &recipe.lora {
+        model = model.with_lora(&lora.spec(), 1).unwrap().0;
+    }
+    let result = model
+        .load_from(&mut BurnpackStore::from_file(checkpoint.join("model.bpk")))
+        .unwrap();
+    assert!(
+        result.missing.is_empty() && result.errors.is_empty(),
+        "{result:?}"
+    );
+    let mut all: Vec<(String, Vec<u8>)> = model
+        .collect(None, None, false)
+        .into_iter()
+        .map(|t| (t.name.clone(), t.to_bytes().unwrap().to_vec()))
+        .collect();
+    all.sort();
+    all
 }
