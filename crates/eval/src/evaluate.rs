@@ -322,16 +322,7 @@ fn run_generation(
         }
         _ => "0-shot".to_string(),
     };
-    let scoring = match task {
-        TaskId::Gsm8k => {
-            "exact match of the last number (lm-eval flexible-extract); strict `####` match in extra"
-        }
-        TaskId::Math500 => "last \\boxed{} answer equal to the reference's after normalisation",
-        TaskId::Humaneval | TaskId::Mbpp => "pass@1 (greedy): tests run in the Python sandbox",
-        _ => {
-            "character-level ROUGE-L F1 against the best reference (offline; the paper used an LLM judge)"
-        }
-    };
+    let scoring = task.spec().scoring;
     Ok(TaskResult {
         task: task.name().to_string(),
         domain: task.domain().to_string(),

@@ -34,34 +34,194 @@ pub enum TaskId {
     Ppl,
 }
 
+/// The `ppl` task's files, in [`PPL_SOURCES`] order.
+const PPL_FILES: [&str; 4] = [
+    "math/math500_test.jsonl",
+    "code/humaneval.jsonl",
+    "law/esft_eval_law.jsonl",
+    "writing/esft_eval_summary.jsonl",
+];
+
 /// Held-out text for the `ppl` task, per domain: `(domain, file, how a record becomes text)`.
 /// Each is an evaluation set that the fine-tuning data does not contain (MATH-500 is removed
 /// from `math_train.jsonl`; the ESFT eval files are separate from `esft_train_law.jsonl`).
 pub const PPL_SOURCES: [(&str, &str, &str); 4] = [
     (
         "math",
-        "math/math500_test.jsonl",
+        PPL_FILES[0],
         "MATH-500 problem and reference solution (`prompt` + `completion`)",
     ),
     (
         "code",
-        "code/humaneval.jsonl",
+        PPL_FILES[1],
         "HumanEval prompt and canonical solution",
     ),
     (
         "law",
-        "law/esft_eval_law.jsonl",
+        PPL_FILES[2],
         "ESFT law eval case and reference judgement (`prompt` + `answers[0]`)",
     ),
     (
         "writing",
-        "writing/esft_eval_summary.jsonl",
+        PPL_FILES[3],
         "ESFT summary eval dialogue and reference summary (`prompt` + `answers[0]`)",
     ),
 ];
 
 /// Number of MBPP items used as the 3-shot examples (taken from the start of the file).
 pub const MBPP_SHOTS: usize = 3;
+
+/// How a task's records become items: what [`load_task`] dispatches on.
+#[derive(Clone, Copy)]
+enum Items {
+    /// One generation item per record of the task's file.
+    Generate(fn(&Record) -> Result<GenItem, EvalError>),
+    /// MBPP: the first [`MBPP_SHOTS`] records are the shots, each later one an item.
+    MbppFewShot,
+    /// One multiple-choice item per record.
+    Choice(fn(&Record) -> Result<ChoiceItem, EvalError>),
+    /// One greedy-continuation item per record.
+    Greedy(fn(&Record) -> Result<ContinuationItem, EvalError>),
+    /// Documents of every [`PPL_SOURCES`] file.
+    Perplexity,
+}
+
+/// Everything that defines a task, written once: the table [`TASKS`] is what the CLI, the
+/// loader and the report read.
+pub struct TaskSpec {
+    /// The task.
+    pub id: TaskId,
+    /// The name used on the command line and in results.
+    pub name: &'static str,
+    /// The domain it measures (math, code, law, writing; `ppl` covers all four).
+    pub domain: &'static str,
+    /// The metric reported.
+    pub metric: &'static str,
+    /// Data file(s), relative to the data directory.
+    pub files: &'static [&'static str],
+    /// New tokens generated per item unless `--max-new-tokens` says otherwise (0: not a
+    /// generation task).
+    pub max_new_tokens: usize,
+    /// Stop sequences of generation tasks (the completion is cut at the first one).
+    pub stop: &'static [&'static str],
+    /// How a generated answer is scored, for the report's set-up line.
+    pub scoring: &'static str,
+    items: Items,
+}
+
+/// ESFT generation stops at the next user turn or an end-of-text marker.
+const ESFT_STOP: &[&str] = &["\n\nUser:", "</s>", "<|im_end|>"];
+const ROUGE_SCORING: &str =
+    "character-level ROUGE-L F1 against the best reference (offline; the paper used an LLM judge)";
+const PASS_AT_1: &str = "pass@1 (greedy): tests run in the Python sandbox";
+
+/// Every task, in table order (the order of [`TaskId::ALL`]).
+pub const TASKS: [TaskSpec; 9] = [
+    TaskSpec {
+        id: TaskId::Gsm8k,
+        name: "gsm8k",
+        domain: "math",
+        metric: "exact_match",
+        files: &["math/gsm8k_test.jsonl"],
+        max_new_tokens: 256,
+        // lm-eval gsm8k `until`.
+        stop: &["Question:", "</s>", "<|im_end|>"],
+        scoring: "exact match of the last number (lm-eval flexible-extract); strict `####` match \
+                  in extra",
+        items: Items::Generate(gsm8k_item),
+    },
+    TaskSpec {
+        id: TaskId::Math500,
+        name: "math500",
+        domain: "math",
+        metric: "exact_match",
+        files: &["math/math500_test.jsonl"],
+        max_new_tokens: 512,
+        // Minerva math `until`.
+        stop: &["Problem:", "</s>", "<|im_end|>"],
+        scoring: "last \\boxed{} answer equal to the reference's after normalisation",
+        items: Items::Generate(math_item),
+    },
+    TaskSpec {
+        id: TaskId::Humaneval,
+        name: "humaneval",
+        domain: "code",
+        metric: "pass@1",
+        files: &["code/humaneval.jsonl"],
+        max_new_tokens: 384,
+        // The Codex paper's HumanEval stop sequences.
+        stop: &["\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```"],
+        scoring: PASS_AT_1,
+        items: Items::Generate(humaneval_item),
+    },
+    TaskSpec {
+        id: TaskId::Mbpp,
+        name: "mbpp",
+        domain: "code",
+        metric: "pass@1",
+        files: &["code/mbpp_test.jsonl"],
+        max_new_tokens: 384,
+        // lm-eval mbpp `until`.
+        stop: &["[DONE]"],
+        scoring: PASS_AT_1,
+        items: Items::MbppFewShot,
+    },
+    TaskSpec {
+        id: TaskId::MmluLaw,
+        name: "mmlu_law",
+        domain: "law",
+        metric: "acc",
+        files: &["law/mmlu_law_test.jsonl"],
+        max_new_tokens: 0,
+        stop: &[],
+        scoring: "log-likelihood of each answer letter, the most likely one against the gold",
+        items: Items::Choice(mmlu_item),
+    },
+    TaskSpec {
+        id: TaskId::EsftLaw,
+        name: "esft_law",
+        domain: "law",
+        metric: "rouge_l_f1_char",
+        files: &["law/esft_eval_law.jsonl"],
+        max_new_tokens: 384,
+        stop: ESFT_STOP,
+        scoring: ROUGE_SCORING,
+        items: Items::Generate(esft_item),
+    },
+    TaskSpec {
+        id: TaskId::EsftSummary,
+        name: "esft_summary",
+        domain: "writing",
+        metric: "rouge_l_f1_char",
+        files: &["writing/esft_eval_summary.jsonl"],
+        max_new_tokens: 384,
+        stop: ESFT_STOP,
+        scoring: ROUGE_SCORING,
+        items: Items::Generate(esft_item),
+    },
+    TaskSpec {
+        id: TaskId::Lambada,
+        name: "lambada",
+        domain: "writing",
+        metric: "acc",
+        files: &["writing/lambada_test.jsonl"],
+        max_new_tokens: 0,
+        stop: &[],
+        scoring: "the greedy continuation equals the passage's last word",
+        items: Items::Greedy(lambada_item),
+    },
+    TaskSpec {
+        id: TaskId::Ppl,
+        name: "ppl",
+        domain: "all",
+        metric: "perplexity",
+        files: &PPL_FILES,
+        max_new_tokens: 0,
+        stop: &[],
+        scoring: "per-token perplexity of the held-out reference text",
+        items: Items::Perplexity,
+    },
+];
 
 impl TaskId {
     /// Every task, in table order.
@@ -77,85 +237,40 @@ impl TaskId {
         TaskId::Ppl,
     ];
 
+    /// The task's row of [`TASKS`].
+    pub fn spec(self) -> &'static TaskSpec {
+        &TASKS[self as usize]
+    }
+
     /// The name used on the command line and in results.
     pub fn name(self) -> &'static str {
-        match self {
-            TaskId::Gsm8k => "gsm8k",
-            TaskId::Math500 => "math500",
-            TaskId::Humaneval => "humaneval",
-            TaskId::Mbpp => "mbpp",
-            TaskId::MmluLaw => "mmlu_law",
-            TaskId::EsftLaw => "esft_law",
-            TaskId::EsftSummary => "esft_summary",
-            TaskId::Lambada => "lambada",
-            TaskId::Ppl => "ppl",
-        }
+        self.spec().name
     }
 
     /// The domain it measures (math, code, law, writing; `ppl` covers all four).
     pub fn domain(self) -> &'static str {
-        match self {
-            TaskId::Gsm8k | TaskId::Math500 => "math",
-            TaskId::Humaneval | TaskId::Mbpp => "code",
-            TaskId::MmluLaw | TaskId::EsftLaw => "law",
-            TaskId::EsftSummary | TaskId::Lambada => "writing",
-            TaskId::Ppl => "all",
-        }
+        self.spec().domain
     }
 
     /// The metric reported.
     pub fn metric(self) -> &'static str {
-        match self {
-            TaskId::Gsm8k | TaskId::Math500 => "exact_match",
-            TaskId::Humaneval | TaskId::Mbpp => "pass@1",
-            TaskId::MmluLaw | TaskId::Lambada => "acc",
-            TaskId::EsftLaw | TaskId::EsftSummary => "rouge_l_f1_char",
-            TaskId::Ppl => "perplexity",
-        }
+        self.spec().metric
     }
 
     /// Data file(s), relative to the data directory.
     pub fn files(self) -> Vec<&'static str> {
-        match self {
-            TaskId::Gsm8k => vec!["math/gsm8k_test.jsonl"],
-            TaskId::Math500 => vec!["math/math500_test.jsonl"],
-            TaskId::Humaneval => vec!["code/humaneval.jsonl"],
-            TaskId::Mbpp => vec!["code/mbpp_test.jsonl"],
-            TaskId::MmluLaw => vec!["law/mmlu_law_test.jsonl"],
-            TaskId::EsftLaw => vec!["law/esft_eval_law.jsonl"],
-            TaskId::EsftSummary => vec!["writing/esft_eval_summary.jsonl"],
-            TaskId::Lambada => vec!["writing/lambada_test.jsonl"],
-            TaskId::Ppl => PPL_SOURCES.iter().map(|s| s.1).collect(),
-        }
+        self.spec().files.to_vec()
     }
 
     /// New tokens generated per item unless `--max-new-tokens` says otherwise (0: not a
     /// generation task).
     pub fn default_max_new_tokens(self) -> usize {
-        match self {
-            TaskId::Gsm8k => 256,
-            TaskId::Math500 => 512,
-            TaskId::Humaneval | TaskId::Mbpp => 384,
-            TaskId::EsftLaw | TaskId::EsftSummary => 384,
-            TaskId::MmluLaw | TaskId::Lambada | TaskId::Ppl => 0,
-        }
+        self.spec().max_new_tokens
     }
 
     /// Stop sequences of generation tasks (the completion is cut at the first one).
     pub fn stop_sequences(self) -> Vec<String> {
-        let v: &[&str] = match self {
-            // lm-eval gsm8k `until`.
-            TaskId::Gsm8k => &["Question:", "</s>", "<|im_end|>"],
-            // Minerva math `until`.
-            TaskId::Math500 => &["Problem:", "</s>", "<|im_end|>"],
-            // The Codex paper's HumanEval stop sequences.
-            TaskId::Humaneval => &["\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```"],
-            // lm-eval mbpp `until`.
-            TaskId::Mbpp => &["[DONE]"],
-            TaskId::EsftLaw | TaskId::EsftSummary => &["\n\nUser:", "</s>", "<|im_end|>"],
-            _ => &[],
-        };
-        v.iter().map(|s| s.to_string()).collect()
+        self.spec().stop.iter().map(|s| s.to_string()).collect()
     }
 
     /// Whether a larger score is better (everything but perplexity).
@@ -427,201 +542,203 @@ pub fn load_task(
     data_dir: &Path,
     limit: Option<usize>,
 ) -> Result<TaskData, EvalError> {
-    let file = |f: &str| data_dir.join(f);
-    Ok(match task {
-        TaskId::Gsm8k => {
-            let recs = read_jsonl(&file(task.files()[0]))?;
-            let items = take(recs, limit)
-                .iter()
-                .map(|r| {
-                    let answer = r.str("answer")?;
-                    if !answer.contains("####") {
-                        return Err(r.err("field `answer` has no `####` final answer"));
-                    }
-                    Ok(GenItem {
-                        id: r.id("id"),
-                        prompt: format!("Question: {}\nAnswer:", r.str("question")?),
-                        reference: Reference::Gsm8k(crate::extract::gsm8k_reference(&answer)),
-                    })
-                })
-                .collect::<Result<_, EvalError>>()?;
-            TaskData::Generate(items)
-        }
-        TaskId::Math500 => {
-            let recs = read_jsonl(&file(task.files()[0]))?;
-            let items = take(recs, limit)
-                .iter()
-                .map(|r| {
-                    let solution = r.str("solution")?;
-                    let gold = match crate::extract::last_boxed(&solution) {
-                        Some(b) => b,
-                        None => r.str("answer")?,
-                    };
-                    Ok(GenItem {
-                        id: format!("line{}", r.line),
-                        prompt: format!("Problem:\n{}\n\nSolution:", r.str("problem")?),
-                        reference: Reference::Math(gold),
-                    })
-                })
-                .collect::<Result<_, EvalError>>()?;
-            TaskData::Generate(items)
-        }
-        TaskId::Humaneval => {
-            let recs = read_jsonl(&file(task.files()[0]))?;
-            let items = take(recs, limit)
-                .iter()
-                .map(|r| {
-                    let prompt = r.str("prompt")?;
-                    Ok(GenItem {
-                        id: r.id("task_id"),
-                        prompt: prompt.clone(),
-                        reference: Reference::HumanEval {
-                            prompt,
-                            test: r.str("test")?,
-                            entry_point: r.str("entry_point")?,
-                        },
-                    })
-                })
-                .collect::<Result<_, EvalError>>()?;
-            TaskData::Generate(items)
-        }
-        TaskId::Mbpp => {
-            let path = file(task.files()[0]);
-            let recs = read_jsonl(&path)?;
-            if recs.len() <= MBPP_SHOTS {
-                return Err(EvalError::Data {
-                    path,
-                    line: 0,
-                    message: format!(
-                        "needs more than {MBPP_SHOTS} records: the first {MBPP_SHOTS} are the few-shot examples"
-                    ),
-                });
-            }
-            let mut shots = String::new();
-            for r in &recs[..MBPP_SHOTS] {
-                shots.push_str(&mbpp_query(&r.str("text")?, &r.strings("test_list")?));
-                shots.push_str(&r.str("code")?);
-                shots.push_str("\n[DONE]\n\n");
-            }
-            let scored: Vec<Record> = recs.into_iter().skip(MBPP_SHOTS).collect();
-            let items = take(scored, limit)
-                .iter()
-                .map(|r| {
-                    let tests = r.strings("test_list")?;
-                    Ok(GenItem {
-                        id: r.id("task_id"),
-                        prompt: format!("{shots}{}", mbpp_query(&r.str("text")?, &tests)),
-                        reference: Reference::Mbpp(tests),
-                    })
-                })
-                .collect::<Result<_, EvalError>>()?;
-            TaskData::Generate(items)
-        }
-        TaskId::EsftLaw | TaskId::EsftSummary => {
-            let recs = read_jsonl(&file(task.files()[0]))?;
-            let items = take(recs, limit)
-                .iter()
-                .map(|r| {
-                    let answers = r.strings("answers")?;
-                    if answers.is_empty() {
-                        return Err(r.err("field `answers` is empty"));
-                    }
-                    Ok(GenItem {
-                        id: r.id("idx"),
-                        prompt: r.str("prompt")?,
-                        reference: Reference::Texts(answers),
-                    })
-                })
-                .collect::<Result<_, EvalError>>()?;
-            TaskData::Generate(items)
-        }
-        TaskId::MmluLaw => {
-            let recs = read_jsonl(&file(task.files()[0]))?;
-            let items = take(recs, limit)
-                .iter()
-                .map(|r| {
-                    let choices = r.strings("choices")?;
-                    let gold = r
-                        .value
-                        .get("answer")
-                        .and_then(Value::as_u64)
-                        .ok_or_else(|| r.err("field `answer` should be a choice index"))?
-                        as usize;
-                    if choices.len() < 2 || choices.len() > 26 || gold >= choices.len() {
-                        return Err(r.err(format!(
-                            "answer index {gold} with {} choices",
-                            choices.len()
-                        )));
-                    }
-                    let letters: Vec<char> = ('A'..='Z').take(choices.len()).collect();
-                    // The harness's MMLU prompt ("question\n\nA. …\nAnswer:") when the record
-                    // carries it, else the same layout built from the fields.
-                    let context = match r.value.get("prompt").and_then(Value::as_str) {
-                        Some(p) if p.trim_end().ends_with("Answer:") => p.trim_end().to_string(),
-                        _ => {
-                            let mut c = format!("{}\n", r.str("question")?.trim());
-                            for (l, choice) in letters.iter().zip(&choices) {
-                                c.push_str(&format!("\n{l}. {choice}"));
-                            }
-                            c.push_str("\nAnswer:");
-                            c
-                        }
-                    };
-                    Ok(ChoiceItem {
-                        id: format!("line{}", r.line),
-                        context,
-                        choices: letters.iter().map(|l| format!(" {l}")).collect(),
-                        gold,
-                        group: r.str("subject")?,
-                    })
-                })
-                .collect::<Result<_, EvalError>>()?;
-            TaskData::Choice(items)
-        }
-        TaskId::Lambada => {
-            let recs = read_jsonl(&file(task.files()[0]))?;
-            let items = take(recs, limit)
-                .iter()
-                .map(|r| {
-                    let text = r.str("text")?;
-                    // The passage minus its last whitespace-separated word.
-                    let text = text.trim_end();
-                    let cut = text
-                        .rfind(char::is_whitespace)
-                        .ok_or_else(|| r.err("field `text` has a single word"))?;
-                    Ok(ContinuationItem {
-                        id: r.id("id"),
-                        context: text[..cut].to_string(),
-                        continuation: text[cut..].to_string(),
-                    })
-                })
-                .collect::<Result<_, EvalError>>()?;
-            TaskData::Greedy(items)
-        }
-        TaskId::Ppl => {
-            let mut docs = Vec::new();
-            for (domain, f, _) in PPL_SOURCES {
-                let recs = read_jsonl(&file(f))?;
-                for r in take(recs, limit) {
-                    let text = match domain {
-                        "math" => format!("{}{}", r.str("prompt")?, r.str("completion")?),
-                        "code" => format!("{}{}", r.str("prompt")?, r.str("canonical_solution")?),
-                        _ => {
-                            let answers = r.strings("answers")?;
-                            let first = answers
-                                .first()
-                                .ok_or_else(|| r.err("field `answers` is empty"))?;
-                            format!("{} {first}", r.str("prompt")?)
-                        }
-                    };
-                    docs.push(TextDoc {
-                        id: format!("{domain}:line{}", r.line),
-                        domain: domain.to_string(),
-                        text,
-                    });
-                }
-            }
-            TaskData::Perplexity(docs)
-        }
+    let path = data_dir.join(task.spec().files[0]);
+    Ok(match task.spec().items {
+        Items::Generate(item) => TaskData::Generate(each_record(&path, limit, item)?),
+        Items::Choice(item) => TaskData::Choice(each_record(&path, limit, item)?),
+        Items::Greedy(item) => TaskData::Greedy(each_record(&path, limit, item)?),
+        Items::MbppFewShot => TaskData::Generate(mbpp_items(&path, limit)?),
+        Items::Perplexity => TaskData::Perplexity(ppl_docs(data_dir, limit)?),
     })
+}
+
+/// One item per record of `path` (the first `limit`).
+fn each_record<T>(
+    path: &Path,
+    limit: Option<usize>,
+    item: fn(&Record) -> Result<T, EvalError>,
+) -> Result<Vec<T>, EvalError> {
+    take(read_jsonl(path)?, limit).iter().map(item).collect()
+}
+
+/// GSM8K: lm-eval's `Question: …\nAnswer:` prompt; the gold is the number after `####`.
+fn gsm8k_item(r: &Record) -> Result<GenItem, EvalError> {
+    let answer = r.str("answer")?;
+    if !answer.contains("####") {
+        return Err(r.err("field `answer` has no `####` final answer"));
+    }
+    Ok(GenItem {
+        id: r.id("id"),
+        prompt: format!("Question: {}\nAnswer:", r.str("question")?),
+        reference: Reference::Gsm8k(crate::extract::gsm8k_reference(&answer)),
+    })
+}
+
+/// MATH-500: Minerva's `Problem:` prompt; the gold is the solution's last `\boxed{}` (else the
+/// record's `answer`).
+fn math_item(r: &Record) -> Result<GenItem, EvalError> {
+    let solution = r.str("solution")?;
+    let gold = match crate::extract::last_boxed(&solution) {
+        Some(b) => b,
+        None => r.str("answer")?,
+    };
+    Ok(GenItem {
+        id: format!("line{}", r.line),
+        prompt: format!("Problem:\n{}\n\nSolution:", r.str("problem")?),
+        reference: Reference::Math(gold),
+    })
+}
+
+/// HumanEval: the prompt is the function header; the program adds the tests.
+fn humaneval_item(r: &Record) -> Result<GenItem, EvalError> {
+    let prompt = r.str("prompt")?;
+    Ok(GenItem {
+        id: r.id("task_id"),
+        prompt: prompt.clone(),
+        reference: Reference::HumanEval {
+            prompt,
+            test: r.str("test")?,
+            entry_point: r.str("entry_point")?,
+        },
+    })
+}
+
+/// ESFT law and summary: the record's prompt, scored against its reference answers.
+fn esft_item(r: &Record) -> Result<GenItem, EvalError> {
+    let answers = r.strings("answers")?;
+    if answers.is_empty() {
+        return Err(r.err("field `answers` is empty"));
+    }
+    Ok(GenItem {
+        id: r.id("idx"),
+        prompt: r.str("prompt")?,
+        reference: Reference::Texts(answers),
+    })
+}
+
+/// MBPP, 3-shot as lm-eval: the first [`MBPP_SHOTS`] records (with their code) prefix every
+/// later record's query.
+fn mbpp_items(path: &Path, limit: Option<usize>) -> Result<Vec<GenItem>, EvalError> {
+    let recs = read_jsonl(path)?;
+    if recs.len() <= MBPP_SHOTS {
+        return Err(EvalError::Data {
+            path: path.to_path_buf(),
+            line: 0,
+            message: format!(
+                "needs more than {MBPP_SHOTS} records: the first {MBPP_SHOTS} are the few-shot examples"
+            ),
+        });
+    }
+    let mut shots = String::new();
+    for r in &recs[..MBPP_SHOTS] {
+        shots.push_str(&mbpp_query(&r.str("text")?, &r.strings("test_list")?));
+        shots.push_str(&r.str("code")?);
+        shots.push_str("\n[DONE]\n\n");
+    }
+    let scored: Vec<Record> = recs.into_iter().skip(MBPP_SHOTS).collect();
+    take(scored, limit)
+        .iter()
+        .map(|r| {
+            let tests = r.strings("test_list")?;
+            Ok(GenItem {
+                id: r.id("task_id"),
+                prompt: format!("{shots}{}", mbpp_query(&r.str("text")?, &tests)),
+                reference: Reference::Mbpp(tests),
+            })
+        })
+        .collect()
+}
+
+/// MMLU: the harness's prompt (`question\n\nA. …\nAnswer:`) when the record carries it, else
+/// the same layout built from the fields; the choices are the answer letters.
+fn mmlu_item(r: &Record) -> Result<ChoiceItem, EvalError> {
+    let choices = r.strings("choices")?;
+    let gold = r
+        .value
+        .get("answer")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| r.err("field `answer` should be a choice index"))? as usize;
+    if choices.len() < 2 || choices.len() > 26 || gold >= choices.len() {
+        return Err(r.err(format!(
+            "answer index {gold} with {} choices",
+            choices.len()
+        )));
+    }
+    let letters: Vec<char> = ('A'..='Z').take(choices.len()).collect();
+    let context = match r.value.get("prompt").and_then(Value::as_str) {
+        Some(p) if p.trim_end().ends_with("Answer:") => p.trim_end().to_string(),
+        _ => {
+            let mut c = format!("{}\n", r.str("question")?.trim());
+            for (l, choice) in letters.iter().zip(&choices) {
+                c.push_str(&format!("\n{l}. {choice}"));
+            }
+            c.push_str("\nAnswer:");
+            c
+        }
+    };
+    Ok(ChoiceItem {
+        id: format!("line{}", r.line),
+        context,
+        choices: letters.iter().map(|l| format!(" {l}")).collect(),
+        gold,
+        group: r.str("subject")?,
+    })
+}
+
+/// LAMBADA: the passage minus its last whitespace-separated word, which is the continuation.
+fn lambada_item(r: &Record) -> Result<ContinuationItem, EvalError> {
+    let text = r.str("text")?;
+    let text = text.trim_end();
+    let cut = text
+        .rfind(char::is_whitespace)
+        .ok_or_else(|| r.err("field `text` has a single word"))?;
+    Ok(ContinuationItem {
+        id: r.id("id"),
+        context: text[..cut].to_string(),
+        continuation: text[cut..].to_string(),
+    })
+}
+
+/// The held-out documents of every [`PPL_SOURCES`] file (the first `limit` of each).
+fn ppl_docs(data_dir: &Path, limit: Option<usize>) -> Result<Vec<TextDoc>, EvalError> {
+    let mut docs = Vec::new();
+    for (domain, f, _) in PPL_SOURCES {
+        for r in take(read_jsonl(&data_dir.join(f))?, limit) {
+            let text = match domain {
+                "math" => format!("{}{}", r.str("prompt")?, r.str("completion")?),
+                "code" => format!("{}{}", r.str("prompt")?, r.str("canonical_solution")?),
+                _ => {
+                    let answers = r.strings("answers")?;
+                    let first = answers
+                        .first()
+                        .ok_or_else(|| r.err("field `answers` is empty"))?;
+                    format!("{} {first}", r.str("prompt")?)
+                }
+            };
+            docs.push(TextDoc {
+                id: format!("{domain}:line{}", r.line),
+                domain: domain.to_string(),
+                text,
+            });
+        }
+    }
+    Ok(docs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_has_one_row_per_task_in_order() {
+        for (i, task) in TaskId::ALL.into_iter().enumerate() {
+            assert_eq!(TASKS[i].id, task);
+            assert_eq!(task.spec().id, task);
+            assert_eq!(task.name().parse::<TaskId>().unwrap(), task);
+        }
+        assert_eq!(
+            TaskId::Ppl.files(),
+            PPL_SOURCES.map(|(_, file, _)| file).to_vec()
+        );
+    }
 }
