@@ -177,6 +177,10 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
     })
 }
 
+/// A routing to evaluate under: its mode and K, and the config to apply (`None`: the
+/// checkpoint's own).
+type RoutingRun = (RoutingMode, Option<usize>, Option<RouterConfig>);
+
 /// Runs `eval --tasks …`.
 pub fn run(args: TaskArgs) -> Result<()> {
     let args = *args.options;
@@ -184,19 +188,7 @@ pub fn run(args: TaskArgs) -> Result<()> {
         bail!("eval needs --checkpoint DIR (or the `loss` subcommand)");
     };
     let tasks = TaskId::parse_list(&args.tasks)?;
-    ensure!(args.batch_size > 0, "--batch-size must be at least 1");
-    ensure!(args.limit != Some(0), "--limit must be at least 1");
-    ensure!(
-        args.max_new_tokens != Some(0),
-        "--max-new-tokens must be at least 1"
-    );
-    ensure!(
-        args.code_timeout > 0.0 && args.code_timeout.is_finite(),
-        "--code-timeout must be a positive number of seconds"
-    );
-    if args.compare.is_some() && (args.router.router.is_some() || args.router.k.is_some()) {
-        bail!("--compare lists the router settings itself: drop --router / --k");
-    }
+    check_options(&args)?;
     let settings = args.compare.as_deref().map(parse_compare).transpose()?;
     check_output(&args.out, args.overwrite, "--out")?;
     check_output(&args.markdown, args.overwrite, "--markdown")?;
@@ -216,67 +208,8 @@ pub fn run(args: TaskArgs) -> Result<()> {
         .moe
         .as_ref()
         .map(|m| m.num_experts_per_tok);
-
-    let mut opts = EvalOptions {
-        data_dir: args.data_dir.clone(),
-        limit: args.limit,
-        max_new_tokens: args.max_new_tokens,
-        chat_template: (args.chat_template != ChatTemplateKind::None)
-            .then(|| ChatTemplate::new(args.chat_template, None)),
-        sandbox: SandboxConfig {
-            timeout: std::time::Duration::from_secs_f64(args.code_timeout),
-            cpu_seconds: args.code_timeout.ceil() as u64,
-            memory_bytes: args.code_memory_mb << 20,
-            ..SandboxConfig::default()
-        },
-        keep_items: !args.no_items,
-        ..EvalOptions::default()
-    };
-    if let Some(j) = args.code_jobs {
-        ensure!(j > 0, "--code-jobs must be at least 1");
-        opts.sandbox_jobs = j;
-    }
-
-    // (label, k, config to apply or None to keep the checkpoint's routing)
-    let runs: Vec<(RoutingMode, Option<usize>, Option<RouterConfig>)> = match &settings {
-        Some(list) => list
-            .iter()
-            .map(|&(mode, k)| {
-                let k = k.or(checkpoint_k).with_context(|| {
-                    format!("--compare entry `{mode}` needs a K: the checkpoint has no MoE layers")
-                })?;
-                let mut config = args.router.config(mode, k);
-                // One `--online-budget` serves the online entry of the list only.
-                if mode != RoutingMode::OnlineSeqtopk {
-                    config.online_budget = None;
-                }
-                Ok((mode, Some(k), Some(config)))
-            })
-            .collect::<Result<_>>()?,
-        None => match args.router.resolve(checkpoint_k)? {
-            Some(config) => vec![(config.mode, Some(config.top_k), Some(config))],
-            None => {
-                // The checkpoint's own routing: recorded by `seqtopk train`, else per-token top-K.
-                let own = loaded
-                    .model
-                    .router()
-                    .map(|r| (r.config().mode, r.config().top_k));
-                let origin = if loaded.routing.is_some() {
-                    "recorded in the checkpoint's config.json"
-                } else {
-                    "the checkpoint's default"
-                };
-                if let Some((mode, k)) = own {
-                    tracing::info!("routing: {mode} K={k} ({origin})");
-                }
-                vec![(
-                    own.map_or(RoutingMode::Topk, |o| o.0),
-                    own.map(|o| o.1).or(checkpoint_k),
-                    None,
-                )]
-            }
-        },
-    };
+    let opts = eval_options(&args)?;
+    let runs = routing_runs(&args, settings.as_deref(), &loaded, checkpoint_k)?;
 
     let mut reports = Vec::new();
     for (mode, k, config) in runs {
@@ -289,44 +222,10 @@ pub fn run(args: TaskArgs) -> Result<()> {
         let mut lm = Lm::new(&loaded.model, &tokenizer, &device);
         lm.batch_size = args.batch_size;
         if let Some(m) = args.max_length {
-            ensure!(m >= 2, "--max-length must be at least 2");
             lm.max_length = m;
         }
         tracing::info!(router = %mode, k = ?k, tasks = tasks.len(), "evaluating");
         let results = evaluate(&lm, &tasks, &opts)?;
-        let mut notes = Vec::new();
-        if tasks
-            .iter()
-            .any(|t| matches!(t, TaskId::EsftLaw | TaskId::EsftSummary))
-        {
-            notes.push(ESFT_NOTE.to_string());
-        }
-        if matches!(mode, RoutingMode::Seqtopk | RoutingMode::BatchTopk)
-            && tasks.iter().any(|t| {
-                matches!(
-                    t,
-                    TaskId::Gsm8k
-                        | TaskId::Math500
-                        | TaskId::Humaneval
-                        | TaskId::Mbpp
-                        | TaskId::EsftLaw
-                        | TaskId::EsftSummary
-                )
-            })
-        {
-            notes.push(format!(
-                "{mode}: scoring passes route whole sequences; during generation each decode step is routed on its own (use online_seqtopk for causal sequence-level routing with the expert cache)"
-            ));
-        }
-        if matches!(mode, RoutingMode::Seqtopk | RoutingMode::BatchTopk)
-            && tasks
-                .iter()
-                .any(|t| matches!(t, TaskId::MmluLaw | TaskId::Lambada | TaskId::Ppl))
-        {
-            notes.push(format!(
-                "{mode}: log-likelihood scoring is non-causal (a token's experts depend on later tokens, the scored continuation included); online_seqtopk scores causally, routing the context as generation's prefill would"
-            ));
-        }
         let mut report = EvalReport {
             checkpoint: checkpoint.display().to_string(),
             router: if config.is_none() && checkpoint_k.is_none() {
@@ -344,23 +243,145 @@ pub fn run(args: TaskArgs) -> Result<()> {
                 .to_string(),
             results,
             average: None,
-            notes,
+            notes: routing_notes(mode, &tasks),
         };
         report.update_average();
         reports.push(report);
     }
+    write_reports(&reports, &args, settings.is_some())
+}
 
+/// Refuses options no evaluation can run with.
+fn check_options(args: &TaskOptions) -> Result<()> {
+    ensure!(args.batch_size > 0, "--batch-size must be at least 1");
+    ensure!(args.limit != Some(0), "--limit must be at least 1");
+    ensure!(
+        args.max_new_tokens != Some(0),
+        "--max-new-tokens must be at least 1"
+    );
+    ensure!(
+        args.code_timeout > 0.0 && args.code_timeout.is_finite(),
+        "--code-timeout must be a positive number of seconds"
+    );
+    ensure!(args.code_jobs != Some(0), "--code-jobs must be at least 1");
+    if let Some(m) = args.max_length {
+        ensure!(m >= 2, "--max-length must be at least 2");
+    }
+    if args.compare.is_some() && (args.router.router.is_some() || args.router.k.is_some()) {
+        bail!("--compare lists the router settings itself: drop --router / --k");
+    }
+    Ok(())
+}
+
+/// The evaluation settings the options ask for.
+fn eval_options(args: &TaskOptions) -> Result<EvalOptions> {
+    let mut opts = EvalOptions {
+        data_dir: args.data_dir.clone(),
+        limit: args.limit,
+        max_new_tokens: args.max_new_tokens,
+        chat_template: (args.chat_template != ChatTemplateKind::None)
+            .then(|| ChatTemplate::new(args.chat_template, None)),
+        sandbox: SandboxConfig {
+            timeout: std::time::Duration::from_secs_f64(args.code_timeout),
+            cpu_seconds: args.code_timeout.ceil() as u64,
+            memory_bytes: args.code_memory_mb << 20,
+            ..SandboxConfig::default()
+        },
+        keep_items: !args.no_items,
+        ..EvalOptions::default()
+    };
+    if let Some(j) = args.code_jobs {
+        opts.sandbox_jobs = j;
+    }
+    Ok(opts)
+}
+
+/// The routings to evaluate under: each `--compare` entry, else `--router`/`--k`, else the
+/// checkpoint's own (recorded by `seqtopk train`, else per-token top-K).
+fn routing_runs(
+    args: &TaskOptions,
+    settings: Option<&[(RoutingMode, Option<usize>)]>,
+    loaded: &seqtopk_checkpoint::LoadedCheckpoint,
+    checkpoint_k: Option<usize>,
+) -> Result<Vec<RoutingRun>> {
+    if let Some(list) = settings {
+        return list
+            .iter()
+            .map(|&(mode, k)| {
+                let k = k.or(checkpoint_k).with_context(|| {
+                    format!("--compare entry `{mode}` needs a K: the checkpoint has no MoE layers")
+                })?;
+                let mut config = args.router.config(mode, k);
+                // One `--online-budget` serves the online entry of the list only.
+                if mode != RoutingMode::OnlineSeqtopk {
+                    config.online_budget = None;
+                }
+                Ok((mode, Some(k), Some(config)))
+            })
+            .collect();
+    }
+    if let Some(config) = args.router.resolve(checkpoint_k)? {
+        return Ok(vec![(config.mode, Some(config.top_k), Some(config))]);
+    }
+    let own = loaded
+        .model
+        .router()
+        .map(|r| (r.config().mode, r.config().top_k));
+    let origin = if loaded.routing.is_some() {
+        "recorded in the checkpoint's config.json"
+    } else {
+        "the checkpoint's default"
+    };
+    if let Some((mode, k)) = own {
+        tracing::info!("routing: {mode} K={k} ({origin})");
+    }
+    Ok(vec![(
+        own.map_or(RoutingMode::Topk, |o| o.0),
+        own.map(|o| o.1).or(checkpoint_k),
+        None,
+    )])
+}
+
+/// What a report must say about how `mode` routes `tasks`: ESFT's offline metric, and where
+/// sequence-level routing is not causal (generation decodes token by token; log-likelihood
+/// scoring sees the continuation).
+fn routing_notes(mode: RoutingMode, tasks: &[TaskId]) -> Vec<String> {
+    let mut notes = Vec::new();
+    if tasks
+        .iter()
+        .any(|t| matches!(t, TaskId::EsftLaw | TaskId::EsftSummary))
+    {
+        notes.push(ESFT_NOTE.to_string());
+    }
+    let sequence_level = matches!(mode, RoutingMode::Seqtopk | RoutingMode::BatchTopk);
+    let generates = |t: &TaskId| t.default_max_new_tokens() > 0;
+    if sequence_level && tasks.iter().any(generates) {
+        notes.push(format!(
+            "{mode}: scoring passes route whole sequences; during generation each decode step is routed on its own (use online_seqtopk for causal sequence-level routing with the expert cache)"
+        ));
+    }
+    if sequence_level && tasks.iter().any(|t| !generates(t)) {
+        notes.push(format!(
+            "{mode}: log-likelihood scoring is non-causal (a token's experts depend on later tokens, the scored continuation included); online_seqtopk scores causally, routing the context as generation's prefill would"
+        ));
+    }
+    notes
+}
+
+/// Prints the reports (JSON on stdout and the table on stderr, or the table on stdout when
+/// `--out` takes the JSON) and writes `--out` / `--markdown`.
+fn write_reports(reports: &[EvalReport], args: &TaskOptions, compared: bool) -> Result<()> {
     let table: String = reports
         .iter()
         .map(EvalReport::table)
         .collect::<Vec<_>>()
         .join("\n");
-    let json = if settings.is_some() {
+    let json = if compared {
         serde_json::to_string_pretty(&serde_json::json!({ "runs": reports }))?
     } else {
         serde_json::to_string_pretty(&reports[0])?
     };
-    let markdown = compare_markdown(&reports);
+    let markdown = compare_markdown(reports);
     if let Some(path) = &args.markdown {
         write_atomic(path, &markdown)?;
         tracing::info!(path = %path.display(), "wrote the markdown table");
@@ -370,14 +391,14 @@ pub fn run(args: TaskArgs) -> Result<()> {
             write_atomic(path, &(json + "\n"))?;
             tracing::info!(path = %path.display(), "wrote the results");
             print!("{table}");
-            if settings.is_some() {
+            if compared {
                 println!("\n{markdown}");
             }
         }
         None => {
             println!("{json}");
             eprint!("{table}");
-            if settings.is_some() {
+            if compared {
                 eprintln!("\n{markdown}");
             }
         }
