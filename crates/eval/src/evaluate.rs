@@ -7,7 +7,7 @@ use std::time::Instant;
 use seqtopk_data::{ChatTemplate, ChatTemplateKind, Message, Role};
 
 use crate::extract::{self, INVALID};
-use crate::lm::Lm;
+use crate::lm::{Generation, Lm};
 use crate::report::{ItemRecord, TaskResult};
 use crate::sandbox::{Sandbox, SandboxConfig, run_all};
 use crate::tasks::{GenItem, MBPP_SHOTS, PPL_SOURCES, Reference, TaskData, TaskId, load_task};
@@ -214,108 +214,14 @@ fn run_generation(
         "mean_new_tokens".to_string(),
         mean(&gens.iter().map(|g| g.ids.len() as f64).collect::<Vec<_>>()),
     );
-    let mut records = Vec::with_capacity(items.len());
-    let mut scores = Vec::with_capacity(items.len());
-    match task {
+    let (scores, records, scored_extra) = match task {
         TaskId::Humaneval | TaskId::Mbpp => {
             let sandbox = sandbox.ok_or_else(|| EvalError::Sandbox("no sandbox".into()))?;
-            let programs: Vec<String> = items
-                .iter()
-                .zip(&gens)
-                .map(|(it, g)| match &it.reference {
-                    Reference::HumanEval {
-                        prompt,
-                        test,
-                        entry_point,
-                    } => humaneval_program(prompt, &g.text, test, entry_point),
-                    Reference::Mbpp(tests) => mbpp_program(&g.text, tests),
-                    _ => String::new(),
-                })
-                .collect();
-            let runs = run_all(sandbox, &programs, opts.sandbox_jobs)?;
-            let mut outcomes: BTreeMap<String, f64> = BTreeMap::new();
-            for ((it, g), (program, run)) in items.iter().zip(&gens).zip(programs.iter().zip(&runs))
-            {
-                let s = if run.passed() { 1.0 } else { 0.0 };
-                let name = serde_json::to_value(run.outcome)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default();
-                *outcomes.entry(format!("outcome_{name}")).or_default() += 1.0;
-                scores.push(s);
-                let tail: String = {
-                    let e = run.stderr.trim_end();
-                    let start = e.char_indices().rev().nth(300).map_or(0, |(i, _)| i);
-                    e[start..].to_string()
-                };
-                records.push(ItemRecord {
-                    id: it.id.clone(),
-                    score: s,
-                    generation: Some(g.text.clone()),
-                    extracted: Some(program.clone()),
-                    reference: None,
-                    detail: Some(format!(
-                        "{name} in {:.2}s{}",
-                        run.elapsed_s,
-                        if tail.is_empty() {
-                            String::new()
-                        } else {
-                            format!(": {tail}")
-                        }
-                    )),
-                });
-            }
-            extra.extend(outcomes);
+            score_programs(items, &gens, sandbox, opts.sandbox_jobs)?
         }
-        _ => {
-            let mut strict = Vec::new();
-            for (it, g) in items.iter().zip(&gens) {
-                let (s, extracted, reference) = match &it.reference {
-                    Reference::Gsm8k(gold) => {
-                        let flex = extract::gsm8k_flexible(&g.text);
-                        let st = extract::gsm8k_strict(&g.text);
-                        strict.push(if extract::gsm8k_match(&st, gold) {
-                            1.0
-                        } else {
-                            0.0
-                        });
-                        let ok = extract::gsm8k_match(&flex, gold);
-                        (f64::from(u8::from(ok)), flex, gold.clone())
-                    }
-                    Reference::Math(gold) => {
-                        let ans = extract::math_answer(&g.text);
-                        let ok = ans.as_deref().is_some_and(|a| extract::math_equal(a, gold));
-                        (
-                            f64::from(u8::from(ok)),
-                            ans.unwrap_or_else(|| INVALID.to_string()),
-                            gold.clone(),
-                        )
-                    }
-                    Reference::Texts(answers) => {
-                        let pred = g.text.trim();
-                        (
-                            rouge::rouge_l_max(pred, answers),
-                            pred.to_string(),
-                            answers.first().cloned().unwrap_or_default(),
-                        )
-                    }
-                    _ => (0.0, String::new(), String::new()),
-                };
-                scores.push(s);
-                records.push(ItemRecord {
-                    id: it.id.clone(),
-                    score: s,
-                    generation: Some(g.text.clone()),
-                    extracted: Some(extracted),
-                    reference: Some(reference),
-                    detail: None,
-                });
-            }
-            if task == TaskId::Gsm8k {
-                extra.insert("exact_match_strict".to_string(), mean(&strict));
-            }
-        }
-    }
+        _ => score_answers(task, items, &gens),
+    };
+    extra.extend(scored_extra);
     let shots = match task {
         TaskId::Mbpp => {
             format!("3-shot (the first {MBPP_SHOTS} records are the shots, not scored)")
@@ -339,6 +245,114 @@ fn run_generation(
         seconds: 0.0,
         items: records,
     })
+}
+
+/// Per-item scores, item records and extra figures of a generation task.
+type Scored = (Vec<f64>, Vec<ItemRecord>, BTreeMap<String, f64>);
+
+/// Code tasks: each completion's program run in the sandbox (pass@1); counts per outcome.
+fn score_programs(
+    items: &[GenItem],
+    gens: &[Generation],
+    sandbox: &Sandbox,
+    jobs: usize,
+) -> Result<Scored, EvalError> {
+    let programs: Vec<String> = items
+        .iter()
+        .zip(gens)
+        .map(|(it, g)| match &it.reference {
+            Reference::HumanEval {
+                prompt,
+                test,
+                entry_point,
+            } => humaneval_program(prompt, &g.text, test, entry_point),
+            Reference::Mbpp(tests) => mbpp_program(&g.text, tests),
+            _ => String::new(),
+        })
+        .collect();
+    let runs = run_all(sandbox, &programs, jobs)?;
+    let mut outcomes: BTreeMap<String, f64> = BTreeMap::new();
+    let (mut scores, mut records) = (Vec::new(), Vec::new());
+    for ((it, g), (program, run)) in items.iter().zip(gens).zip(programs.iter().zip(&runs)) {
+        let s = if run.passed() { 1.0 } else { 0.0 };
+        let name = serde_json::to_value(run.outcome)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        *outcomes.entry(format!("outcome_{name}")).or_default() += 1.0;
+        scores.push(s);
+        let tail: String = {
+            let e = run.stderr.trim_end();
+            let start = e.char_indices().rev().nth(300).map_or(0, |(i, _)| i);
+            e[start..].to_string()
+        };
+        records.push(ItemRecord {
+            id: it.id.clone(),
+            score: s,
+            generation: Some(g.text.clone()),
+            extracted: Some(program.clone()),
+            reference: None,
+            detail: Some(format!(
+                "{name} in {:.2}s{}",
+                run.elapsed_s,
+                if tail.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {tail}")
+                }
+            )),
+        });
+    }
+    Ok((scores, records, outcomes))
+}
+
+/// Answer tasks: GSM8K's number (flexible; strict `####` match in the extras), MATH's boxed
+/// answer, ESFT's ROUGE-L against the best reference.
+fn score_answers(task: TaskId, items: &[GenItem], gens: &[Generation]) -> Scored {
+    let (mut scores, mut records, mut strict) = (Vec::new(), Vec::new(), Vec::new());
+    for (it, g) in items.iter().zip(gens) {
+        let (s, extracted, reference) = match &it.reference {
+            Reference::Gsm8k(gold) => {
+                let flex = extract::gsm8k_flexible(&g.text);
+                let st = extract::gsm8k_strict(&g.text);
+                strict.push(f64::from(u8::from(extract::gsm8k_match(&st, gold))));
+                let ok = extract::gsm8k_match(&flex, gold);
+                (f64::from(u8::from(ok)), flex, gold.clone())
+            }
+            Reference::Math(gold) => {
+                let ans = extract::math_answer(&g.text);
+                let ok = ans.as_deref().is_some_and(|a| extract::math_equal(a, gold));
+                (
+                    f64::from(u8::from(ok)),
+                    ans.unwrap_or_else(|| INVALID.to_string()),
+                    gold.clone(),
+                )
+            }
+            Reference::Texts(answers) => {
+                let pred = g.text.trim();
+                (
+                    rouge::rouge_l_max(pred, answers),
+                    pred.to_string(),
+                    answers.first().cloned().unwrap_or_default(),
+                )
+            }
+            _ => (0.0, String::new(), String::new()),
+        };
+        scores.push(s);
+        records.push(ItemRecord {
+            id: it.id.clone(),
+            score: s,
+            generation: Some(g.text.clone()),
+            extracted: Some(extracted),
+            reference: Some(reference),
+            detail: None,
+        });
+    }
+    let mut extra = BTreeMap::new();
+    if task == TaskId::Gsm8k {
+        extra.insert("exact_match_strict".to_string(), mean(&strict));
+    }
+    (scores, records, extra)
 }
 
 fn run_choice(
