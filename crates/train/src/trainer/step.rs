@@ -32,26 +32,7 @@ impl Trainer {
                 self.step + 1
             )));
         }
-        let router = self.recipe.router.as_ref();
-        let pass = PassWeights {
-            total_targets,
-            lb: router
-                .map(|r| &r.load_balance)
-                .filter(|lb| lb.convention != LbConvention::None && lb.coef > 0.0)
-                .map(|lb| (lb.convention, lb.coef)),
-            z_coef: router.map_or(0.0, |r| r.z_loss_coef),
-            n_micro: micro_batches.len() as f64,
-            compute_dtype: self.recipe.precision.compute_dtype(),
-            loss_scale: self.loss_scaler.map_or(1.0, |s| s.scale),
-            // LoRA dropout draws its masks from the device's generator, seeded per step so a
-            // resumed run draws the same ones.
-            dropout_seed: self
-                .recipe
-                .lora
-                .as_ref()
-                .filter(|l| l.dropout > 0.0)
-                .map(|_| derive_seed(self.recipe.seed, &[self.step])),
-        };
+        let pass = self.pass_weights(total_targets, micro_batches.len());
         let passes = self.replica_passes(micro_batches, &pass)?;
         // Every replica's gradients move to the primary device (`GradientsParams::to_device`)
         // and are summed there, so the global norm can be taken before the one optimiser step.
@@ -71,51 +52,18 @@ impl Trainer {
             tokens += replica.tokens;
             per_micro.extend(replica.routing);
         }
-        // Routing statistics in micro-batch order, whichever replica ran them.
-        per_micro.sort_by_key(|(i, _)| *i);
-        let mut routing: Vec<LayerRouting> = Vec::new();
-        for (_, layers) in &per_micro {
-            for (i, (layer, stats)) in layers.iter().enumerate() {
-                if routing.len() <= i {
-                    routing.push(LayerRouting::new(*layer, stats));
-                }
-                routing[i].add(stats);
-            }
-        }
+        let routing = merge_routing(per_micro);
         let total = lm_sum + lb_sum + z_sum;
         let step = self.step + 1;
         if !total.is_finite() {
             return Err(self.non_finite(step, total));
         }
         let mut grads = accumulator.grads();
-        let tools = GradientTools::new(&self.paths);
-        tools.drop_frozen(&mut grads, &self.frozen);
+        GradientTools::new(&self.paths).drop_frozen(&mut grads, &self.frozen);
         // The norm of the gradients as computed, i.e. times the loss scale.
-        let scaled_norm = tools.global_norm(&grads);
+        let scaled_norm = GradientTools::new(&self.paths).global_norm(&grads);
         let lr = self.schedule.lr(self.step);
-        let mut skipped = false;
-        match self
-            .loss_scaler
-            .as_mut()
-            .map(|s| s.update(scaled_norm.is_finite()))
-        {
-            None if !scaled_norm.is_finite() => return Err(self.non_finite(step, scaled_norm)),
-            None | Some(ScaleVerdict::Apply) => {}
-            Some(ScaleVerdict::Skip) => {
-                tracing::warn!(
-                    step,
-                    loss_scale = pass.loss_scale,
-                    "f16 gradients overflowed: step skipped, loss scale halved"
-                );
-                skipped = true;
-            }
-            Some(ScaleVerdict::GiveUp) => {
-                return Err(TrainError::NonFiniteGradients {
-                    step,
-                    last_good: self.last_good_checkpoint(),
-                });
-            }
-        }
+        let skipped = self.skips_overflow(step, scaled_norm, pass.loss_scale)?;
         let grad_norm = scaled_norm / pass.loss_scale;
         if !skipped {
             // Unscaling and clipping in one pass over the gradients.
@@ -125,7 +73,7 @@ impl Trainer {
                 factor *= max_norm / (grad_norm + 1e-6);
             }
             if factor != 1.0 {
-                tools.scale(&mut grads, factor);
+                GradientTools::new(&self.paths).scale(&mut grads, factor);
             }
             self.model = self.optim.step(lr, self.model.clone(), grads);
         }
@@ -145,6 +93,61 @@ impl Trainer {
             loss_scale: self.loss_scaler.is_some().then_some(pass.loss_scale),
             skipped,
         })
+    }
+
+    /// How one step's passes weigh and scale their losses.
+    fn pass_weights(&self, total_targets: usize, n_micro: usize) -> PassWeights {
+        let router = self.recipe.router.as_ref();
+        PassWeights {
+            total_targets,
+            lb: router
+                .map(|r| &r.load_balance)
+                .filter(|lb| lb.convention != LbConvention::None && lb.coef > 0.0)
+                .map(|lb| (lb.convention, lb.coef)),
+            z_coef: router.map_or(0.0, |r| r.z_loss_coef),
+            n_micro: n_micro as f64,
+            compute_dtype: self.recipe.precision.compute_dtype(),
+            loss_scale: self.loss_scaler.map_or(1.0, |s| s.scale),
+            // LoRA dropout draws its masks from the device's generator, seeded per step so a
+            // resumed run draws the same ones.
+            dropout_seed: self
+                .recipe
+                .lora
+                .as_ref()
+                .filter(|l| l.dropout > 0.0)
+                .map(|_| derive_seed(self.recipe.seed, &[self.step])),
+        }
+    }
+
+    /// Whether step `step` is skipped because its f16 gradients overflowed (the loss scaler
+    /// halves its scale); an error for non-finite gradients without a scaler, or when the
+    /// scaler gives up.
+    fn skips_overflow(
+        &mut self,
+        step: u64,
+        scaled_norm: f64,
+        loss_scale: f64,
+    ) -> Result<bool, TrainError> {
+        match self
+            .loss_scaler
+            .as_mut()
+            .map(|s| s.update(scaled_norm.is_finite()))
+        {
+            None if !scaled_norm.is_finite() => Err(self.non_finite(step, scaled_norm)),
+            None | Some(ScaleVerdict::Apply) => Ok(false),
+            Some(ScaleVerdict::Skip) => {
+                tracing::warn!(
+                    step,
+                    loss_scale,
+                    "f16 gradients overflowed: step skipped, loss scale halved"
+                );
+                Ok(true)
+            }
+            Some(ScaleVerdict::GiveUp) => Err(TrainError::NonFiniteGradients {
+                step,
+                last_good: self.last_good_checkpoint(),
+            }),
+        }
     }
 
     /// Forward and backward of every micro-batch: on the primary device alone, or on each
@@ -313,4 +316,20 @@ fn replica_pass(
 
 fn scalar(t: &Tensor<1>) -> f64 {
     f64::from(t.clone().into_scalar::<f32>())
+}
+
+/// Routing statistics per layer over a step, summed in micro-batch order whichever replica
+/// ran each micro-batch.
+fn merge_routing(mut per_micro: Vec<(usize, Vec<(usize, RoutingStats)>)>) -> Vec<LayerRouting> {
+    per_micro.sort_by_key(|(i, _)| *i);
+    let mut routing: Vec<LayerRouting> = Vec::new();
+    for (_, layers) in &per_micro {
+        for (i, (layer, stats)) in layers.iter().enumerate() {
+            if routing.len() <= i {
+                routing.push(LayerRouting::new(*layer, stats));
+            }
+            routing[i].add(stats);
+        }
+    }
+    routing
 }
