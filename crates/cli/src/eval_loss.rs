@@ -4,9 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use burn::tensor::Device;
 use clap::Args;
 use safetensors::tensor::{Dtype, TensorView};
-use seqtopk_model::causal_lm_loss;
+use seqtopk_model::{MoeTransformer, causal_lm_loss};
 use seqtopk_router::TokenLayout;
 use serde_json::json;
 
@@ -77,46 +78,7 @@ pub fn run(args: LossArgs) -> Result<()> {
         .dump_logits
         .as_ref()
         .map(|_| Vec::<f32>::with_capacity(rows.len() * t_max * vocab));
-    let mut total = 0f64;
-    let mut count = 0usize;
-    for (c, chunk) in rows.chunks(batch_size).enumerate() {
-        let first_row = c * batch_size;
-        let b = chunk.len();
-        // Chunks share the global width so the dump is one [B, T, V] array.
-        let t = if dump.is_some() {
-            t_max
-        } else {
-            chunk.iter().map(Vec::len).max().unwrap_or(0)
-        };
-        let lengths: Vec<usize> = chunk.iter().map(Vec::len).collect();
-        let layout = TokenLayout::from_lengths(t, &lengths)?;
-        let mut ids = Vec::with_capacity(b * t);
-        for row in chunk {
-            ids.extend(row.iter().copied());
-            ids.extend(std::iter::repeat_n(0, t - row.len()));
-        }
-        let out = model.forward(&ids, &layout, &device)?;
-        if let Some(dump) = &mut dump {
-            let host = out
-                .logits
-                .clone()
-                .into_data()
-                .try_into_vec_as::<f32>()
-                .map_err(|e| anyhow::anyhow!("reading logits back failed: {e:?}"))?;
-            dump.extend(host);
-        }
-        if lengths.iter().all(|&l| l < 2) {
-            continue;
-        }
-        check_logits(&out.logits, &lengths, t, first_row)?;
-        let (loss, n) = causal_lm_loss(out.logits, &ids, &layout)?;
-        let loss = loss
-            .into_data()
-            .try_into_vec_as::<f64>()
-            .map_err(|e| anyhow::anyhow!("reading the loss back failed: {e:?}"))?[0];
-        total += loss * n as f64;
-        count += n;
-    }
+    let (total, count) = score_rows(&model, &rows, batch_size, t_max, dump.as_mut(), &device)?;
     if count == 0 {
         bail!(
             "{}: no next-token pairs to score (every row has a single token)",
@@ -148,6 +110,59 @@ pub fn run(args: LossArgs) -> Result<()> {
     });
     println!("{report}");
     Ok(())
+}
+
+/// `Σ` next-token loss and the number of scored pairs over `rows`, `batch_size` rows per
+/// forward pass; `dump` (when given) receives every pass's logits padded to `t_max` positions.
+fn score_rows(
+    model: &MoeTransformer,
+    rows: &[Vec<u32>],
+    batch_size: usize,
+    t_max: usize,
+    mut dump: Option<&mut Vec<f32>>,
+    device: &Device,
+) -> Result<(f64, usize)> {
+    let mut total = 0f64;
+    let mut count = 0usize;
+    for (c, chunk) in rows.chunks(batch_size).enumerate() {
+        let first_row = c * batch_size;
+        let b = chunk.len();
+        // Chunks share the global width so the dump is one [B, T, V] array.
+        let t = if dump.is_some() {
+            t_max
+        } else {
+            chunk.iter().map(Vec::len).max().unwrap_or(0)
+        };
+        let lengths: Vec<usize> = chunk.iter().map(Vec::len).collect();
+        let layout = TokenLayout::from_lengths(t, &lengths)?;
+        let mut ids = Vec::with_capacity(b * t);
+        for row in chunk {
+            ids.extend(row.iter().copied());
+            ids.extend(std::iter::repeat_n(0, t - row.len()));
+        }
+        let out = model.forward(&ids, &layout, device)?;
+        if let Some(dump) = dump.as_deref_mut() {
+            let host = out
+                .logits
+                .clone()
+                .into_data()
+                .try_into_vec_as::<f32>()
+                .map_err(|e| anyhow::anyhow!("reading logits back failed: {e:?}"))?;
+            dump.extend(host);
+        }
+        if lengths.iter().all(|&l| l < 2) {
+            continue;
+        }
+        check_logits(&out.logits, &lengths, t, first_row)?;
+        let (loss, n) = causal_lm_loss(out.logits, &ids, &layout)?;
+        let loss = loss
+            .into_data()
+            .try_into_vec_as::<f64>()
+            .map_err(|e| anyhow::anyhow!("reading the loss back failed: {e:?}"))?[0];
+        total += loss * n as f64;
+        count += n;
+    }
+    Ok((total, count))
 }
 
 /// Fails at the first row and position (of the real tokens) whose logits hold NaN or ±Inf,
