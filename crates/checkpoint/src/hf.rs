@@ -9,7 +9,7 @@ use burn::nn::Linear;
 use burn::tensor::Tensor;
 use safetensors::tensor::TensorView;
 use seqtopk_model::hf_keys::{self, ATTENTION, MoeKeys, SWIGLU};
-use seqtopk_model::{Family, Ffn, MoeTransformer, SwiGlu, transpose};
+use seqtopk_model::{Family, Ffn, MoeTransformer, SparseMoe, SwiGlu, transpose};
 use serde_json::Value;
 
 use crate::dtype::StorageDtype;
@@ -176,50 +176,7 @@ pub fn hf_tensors(
             Ffn::Moe(moe) => {
                 let mixtral_per_expert =
                     family == Family::Mixtral && layout == ExpertLayout::PerExpert;
-                let keys = MoeKeys::new(&p, mixtral_per_expert);
-                push_linear(&mut out, &keys.gate(), &moe.gate)?;
-                let experts = moe
-                    .experts
-                    .to_hf()
-                    .map_err(|message| CheckpointError::Tensor {
-                        key: keys.experts(),
-                        message,
-                    })?;
-                let (e, i) = (experts.num_experts, experts.intermediate);
-                match layout {
-                    ExpertLayout::PerExpert => {
-                        for x in 0..e {
-                            let shapes = [[i, h], [i, h], [h, i]];
-                            for (j, (shape, values)) in
-                                shapes.into_iter().zip(experts.expert(x)).enumerate()
-                            {
-                                out.push(HfTensor {
-                                    key: keys.expert_weight(x, j),
-                                    shape: shape.to_vec(),
-                                    values: values.to_vec(),
-                                });
-                            }
-                        }
-                    }
-                    ExpertLayout::Fused => {
-                        out.push(HfTensor {
-                            key: keys.fused(0),
-                            shape: vec![e, 2 * i, h],
-                            values: experts.gate_up,
-                        });
-                        out.push(HfTensor {
-                            key: keys.fused(1),
-                            shape: vec![e, h, i],
-                            values: experts.down,
-                        });
-                    }
-                }
-                if let Some(shared) = &moe.shared_expert {
-                    push_swiglu(&mut out, &keys.shared_expert(), shared)?;
-                }
-                if let Some(gate) = &moe.shared_expert_gate {
-                    push_linear(&mut out, &keys.shared_expert_gate(), gate)?;
-                }
+                push_moe(&mut out, &MoeKeys::new(&p, mixtral_per_expert), moe, layout)?;
             }
         }
     }
@@ -229,6 +186,57 @@ pub fn hf_tensors(
         push_linear(&mut out, hf_keys::LM_HEAD, head)?;
     }
     Ok(out)
+}
+
+/// An MoE block's tensors under `keys`: router, experts in `layout`, shared expert and its gate.
+fn push_moe(
+    out: &mut Vec<HfTensor>,
+    keys: &MoeKeys,
+    moe: &SparseMoe,
+    layout: ExpertLayout,
+) -> Result<(), CheckpointError> {
+    push_linear(out, &keys.gate(), &moe.gate)?;
+    let experts = moe
+        .experts
+        .to_hf()
+        .map_err(|message| CheckpointError::Tensor {
+            key: keys.experts(),
+            message,
+        })?;
+    let (e, h, i) = (experts.num_experts, experts.hidden, experts.intermediate);
+    match layout {
+        ExpertLayout::PerExpert => {
+            for x in 0..e {
+                let shapes = [[i, h], [i, h], [h, i]];
+                for (j, (shape, values)) in shapes.into_iter().zip(experts.expert(x)).enumerate() {
+                    out.push(HfTensor {
+                        key: keys.expert_weight(x, j),
+                        shape: shape.to_vec(),
+                        values: values.to_vec(),
+                    });
+                }
+            }
+        }
+        ExpertLayout::Fused => {
+            out.push(HfTensor {
+                key: keys.fused(0),
+                shape: vec![e, 2 * i, h],
+                values: experts.gate_up,
+            });
+            out.push(HfTensor {
+                key: keys.fused(1),
+                shape: vec![e, h, i],
+                values: experts.down,
+            });
+        }
+    }
+    if let Some(shared) = &moe.shared_expert {
+        push_swiglu(out, &keys.shared_expert(), shared)?;
+    }
+    if let Some(gate) = &moe.shared_expert_gate {
+        push_linear(out, &keys.shared_expert_gate(), gate)?;
+    }
+    Ok(())
 }
 
 /// `config.json` for an export in `dtype`: the given config with its `dtype` / `torch_dtype`
