@@ -222,91 +222,31 @@ fn list_files(dir: &Path, exts: &Option<Vec<String>>, out: &mut Vec<PathBuf>) ->
     Ok(())
 }
 
+/// What reading a source's file(s) gave: documents, the file of each, the files, and how many
+/// malformed lines or files were skipped.
+#[derive(Default)]
+struct Read {
+    documents: Vec<Document>,
+    document_files: Vec<u32>,
+    files: Vec<PathBuf>,
+    skipped: usize,
+}
+
 /// Read a source. `on_bad` decides whether a malformed line fails or is counted and skipped.
 pub fn read_source(cfg: &SourceConfig, on_bad: OnBadLine) -> Result<LoadedSource> {
     let path = &cfg.path;
     if !path.exists() {
         return Err(DataError::MissingFile { path: path.clone() });
     }
-    let mut documents = Vec::new();
-    let mut document_files = Vec::new();
-    let mut files = Vec::new();
-    let mut skipped = 0usize;
-    if cfg.format == SourceFormat::Text {
-        if path.is_dir() {
-            list_files(path, &cfg.extensions, &mut files)?;
-        } else {
-            files.push(path.clone());
-        }
-        for (fi, f) in files.iter().enumerate() {
-            let bytes = std::fs::read(f).map_err(io_err(f))?;
-            match String::from_utf8(bytes) {
-                Ok(s) if s.trim().is_empty() => {} // an empty file is not a document
-                Ok(s) => {
-                    documents.push(Document::Text(s));
-                    document_files.push(fi as u32);
-                }
-                Err(e) => {
-                    let at = e.utf8_error().valid_up_to();
-                    let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
-                    if on_bad == OnBadLine::Skip {
-                        skipped += 1;
-                    } else {
-                        return Err(DataError::BadLine {
-                            path: f.clone(),
-                            line,
-                            message: format!(
-                                "expected UTF-8 text, found an invalid byte at offset {at}"
-                            ),
-                        });
-                    }
-                }
-            }
-            if cfg.max_documents.is_some_and(|m| documents.len() >= m) {
-                break;
-            }
-        }
-    } else {
-        if path.is_dir() {
-            return Err(DataError::Config(format!(
-                "source {}: a directory needs format = \"text\" (JSONL sources are single files)",
-                path.display()
-            )));
-        }
-        files.push(path.clone());
-        let reader = BufReader::new(std::fs::File::open(path).map_err(io_err(path))?);
-        for (i, line) in reader.split(b'\n').enumerate() {
-            let line = line.map_err(io_err(path))?;
-            let lineno = i + 1;
-            let parsed = match std::str::from_utf8(&line) {
-                Ok(s) if s.trim().is_empty() => continue,
-                Ok(s) => parse_line(s, cfg),
-                Err(_) => Err("expected UTF-8, found invalid bytes".to_string()),
-            };
-            match parsed {
-                Ok(d) => {
-                    documents.push(d);
-                    document_files.push(0);
-                }
-                Err(message) if on_bad == OnBadLine::Skip => {
-                    if skipped == 0 {
-                        tracing::warn!(file = %path.display(), line = lineno, %message, "skipping malformed line");
-                    }
-                    skipped += 1;
-                }
-                Err(message) => {
-                    return Err(DataError::BadLine {
-                        path: path.clone(),
-                        line: lineno,
-                        message,
-                    });
-                }
-            }
-            if cfg.max_documents.is_some_and(|m| documents.len() >= m) {
-                break;
-            }
-        }
-    }
+    let Read {
+        documents,
+        document_files,
+        files,
+        skipped,
+    } = match cfg.format {
+        SourceFormat::Text => read_text(cfg, on_bad)?,
+        _ => read_jsonl(cfg, on_bad)?,
+    };
     if skipped > 0 {
         tracing::warn!(source = %path.display(), skipped, "malformed lines skipped");
     }
@@ -335,6 +275,105 @@ pub fn read_source(cfg: &SourceConfig, on_bad: OnBadLine) -> Result<LoadedSource
         skipped_lines: skipped,
         content_hash,
     })
+}
+
+/// A text source: one document per file (a file, or every file of a directory with the
+/// configured extensions); empty files are not documents.
+fn read_text(cfg: &SourceConfig, on_bad: OnBadLine) -> Result<Read> {
+    let path = &cfg.path;
+    let mut read = Read::default();
+    let Read {
+        documents,
+        document_files,
+        files,
+        skipped,
+    } = &mut read;
+    if path.is_dir() {
+        list_files(path, &cfg.extensions, files)?;
+    } else {
+        files.push(path.clone());
+    }
+    for (fi, f) in files.iter().enumerate() {
+        let bytes = std::fs::read(f).map_err(io_err(f))?;
+        match String::from_utf8(bytes) {
+            Ok(s) if s.trim().is_empty() => {} // an empty file is not a document
+            Ok(s) => {
+                documents.push(Document::Text(s));
+                document_files.push(fi as u32);
+            }
+            Err(e) => {
+                let at = e.utf8_error().valid_up_to();
+                let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+                if on_bad == OnBadLine::Skip {
+                    *skipped += 1;
+                } else {
+                    return Err(DataError::BadLine {
+                        path: f.clone(),
+                        line,
+                        message: format!(
+                            "expected UTF-8 text, found an invalid byte at offset {at}"
+                        ),
+                    });
+                }
+            }
+        }
+        if cfg.max_documents.is_some_and(|m| documents.len() >= m) {
+            break;
+        }
+    }
+    Ok(read)
+}
+
+/// A JSONL source: one document per non-blank line.
+fn read_jsonl(cfg: &SourceConfig, on_bad: OnBadLine) -> Result<Read> {
+    let path = &cfg.path;
+    let mut read = Read::default();
+    let Read {
+        documents,
+        document_files,
+        files,
+        skipped,
+    } = &mut read;
+    if path.is_dir() {
+        return Err(DataError::Config(format!(
+            "source {}: a directory needs format = \"text\" (JSONL sources are single files)",
+            path.display()
+        )));
+    }
+    files.push(path.clone());
+    let reader = BufReader::new(std::fs::File::open(path).map_err(io_err(path))?);
+    for (i, line) in reader.split(b'\n').enumerate() {
+        let line = line.map_err(io_err(path))?;
+        let lineno = i + 1;
+        let parsed = match std::str::from_utf8(&line) {
+            Ok(s) if s.trim().is_empty() => continue,
+            Ok(s) => parse_line(s, cfg),
+            Err(_) => Err("expected UTF-8, found invalid bytes".to_string()),
+        };
+        match parsed {
+            Ok(d) => {
+                documents.push(d);
+                document_files.push(0);
+            }
+            Err(message) if on_bad == OnBadLine::Skip => {
+                if *skipped == 0 {
+                    tracing::warn!(file = %path.display(), line = lineno, %message, "skipping malformed line");
+                }
+                *skipped += 1;
+            }
+            Err(message) => {
+                return Err(DataError::BadLine {
+                    path: path.clone(),
+                    line: lineno,
+                    message,
+                });
+            }
+        }
+        if cfg.max_documents.is_some_and(|m| documents.len() >= m) {
+            break;
+        }
+    }
+    Ok(read)
 }
 
 impl LoadedSource {
