@@ -193,6 +193,47 @@ fn names(config: &Value, field: &str, path: &Path) -> Result<Vec<String>, Checkp
     }
 }
 
+/// PEFT settings whose weights would mean something else here, with why each is refused: a
+/// setting is accepted when absent, `null` or equal to the JSON value given.
+const UNSUPPORTED: [(&str, Option<&str>, &str); 4] = [
+    ("use_dora", Some("false"), "DoRA adapters are not supported"),
+    (
+        "bias",
+        Some("\"none\""),
+        "adapters with biases are not supported",
+    ),
+    (
+        "fan_in_fan_out",
+        Some("false"),
+        "only nn.Linear-style (fan_in_fan_out = false) weights are supported",
+    ),
+    (
+        "layers_to_transform",
+        None,
+        "layer selection is not supported; list the modules instead",
+    ),
+];
+
+/// Refuses a non-LoRA `peft_type` and the [`UNSUPPORTED`] settings, naming the file.
+fn refuse_unsupported(config: &Value, path: &Path) -> Result<(), CheckpointError> {
+    let field = |name: &str| config.get(name).filter(|v| !v.is_null());
+    if field("peft_type").and_then(Value::as_str) != Some("LORA") {
+        let found = field("peft_type").and_then(Value::as_str);
+        return Err(config_error(
+            path,
+            format!("`peft_type` is {found:?}; only LORA adapters are supported"),
+        ));
+    }
+    for (name, accepted, why) in UNSUPPORTED {
+        if let Some(v) = field(name)
+            && accepted.is_none_or(|a| serde_json::from_str::<Value>(a).ok().as_ref() != Some(v))
+        {
+            return Err(config_error(path, format!("`{name}` = {v}: {why}")));
+        }
+    }
+    Ok(())
+}
+
 /// Reads an adapter's `adapter_config.json` as a [`LoraSpec`], refusing PEFT features whose
 /// weights would mean something else here (DoRA, biases, …).
 pub fn read_adapter_spec(dir: &Path) -> Result<LoraSpec, CheckpointError> {
@@ -205,39 +246,7 @@ pub fn read_adapter_spec(dir: &Path) -> Result<LoraSpec, CheckpointError> {
     }
     let config = read_json(&path)?;
     let field = |name: &str| config.get(name).filter(|v| !v.is_null());
-    match field("peft_type").and_then(Value::as_str) {
-        Some("LORA") => {}
-        other => {
-            return Err(config_error(
-                &path,
-                format!("`peft_type` is {other:?}; only LORA adapters are supported"),
-            ));
-        }
-    }
-    let refuse = |name: &str, ok: &dyn Fn(&Value) -> bool, why: &str| match field(name) {
-        Some(v) if !ok(v) => Err(config_error(&path, format!("`{name}` = {v}: {why}"))),
-        _ => Ok(()),
-    };
-    refuse(
-        "use_dora",
-        &|v| v == &json!(false),
-        "DoRA adapters are not supported",
-    )?;
-    refuse(
-        "bias",
-        &|v| v == &json!("none"),
-        "adapters with biases are not supported",
-    )?;
-    refuse(
-        "fan_in_fan_out",
-        &|v| v == &json!(false),
-        "only nn.Linear-style (fan_in_fan_out = false) weights are supported",
-    )?;
-    refuse(
-        "layers_to_transform",
-        &|_| false,
-        "layer selection is not supported; list the modules instead",
-    )?;
+    refuse_unsupported(&config, &path)?;
     let rank = field("r")
         .and_then(Value::as_u64)
         .filter(|&r| r > 0)

@@ -215,7 +215,7 @@ fn bad_adapters_are_refused_with_the_reason() {
     assert!(e.contains(ADAPTER_WEIGHTS), "{e}");
 
     type Edit = fn(&mut serde_json::Value);
-    let cases: [(&str, Edit, &str); 6] = [
+    let cases: [(&str, Edit, &str); 9] = [
         ("dora", |c| c["use_dora"] = true.into(), "DoRA"),
         ("ia3", |c| c["peft_type"] = "IA3".into(), "only LORA"),
         (
@@ -234,6 +234,17 @@ fn bad_adapters_are_refused_with_the_reason() {
             "not a number",
         ),
         ("rank", |c| c["r"] = 0.into(), "`r`"),
+        ("bias", |c| c["bias"] = "all".into(), "biases"),
+        (
+            "fan-in",
+            |c| c["fan_in_fan_out"] = true.into(),
+            "fan_in_fan_out",
+        ),
+        (
+            "layers",
+            |c| c["layers_to_transform"] = serde_json::json!([0]),
+            "layer selection",
+        ),
     ];
     for (tag, edit, expected) in cases {
         let dir = copy_adapter(olmoe, tag);
