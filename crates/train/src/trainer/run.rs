@@ -1,42 +1,21 @@
 //! The run loop: steps, logging, evaluation and checkpoints on their cadences, Ctrl-C.
 
+use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{RunOutcome, Trainer, TrainerOptions};
-use crate::TrainError;
 use crate::metrics::Monitor;
 use crate::resume;
+use crate::{DomainEval, TrainError};
 
 impl Trainer {
     /// Runs the remaining steps: logging, evaluation and checkpoints on their cadences, a
     /// checkpoint and an export at the end.
     pub fn run(mut self, options: &TrainerOptions) -> Result<RunOutcome, TrainError> {
         let output = self.recipe.output_dir();
-        std::fs::create_dir_all(&output).map_err(|e| TrainError::Output {
-            path: output.clone(),
-            message: e.to_string(),
-        })?;
-        let _lock = resume::lock_output(&output)?;
-        resume::clean_leftovers(&output);
-        if options.resume {
-            match self.resume_latest_with(!options.no_verify)? {
-                Some(step) => tracing::info!("continuing from step {step}"),
-                None => tracing::warn!(
-                    "--resume: no checkpoint in {}; starting from step 0",
-                    output.display()
-                ),
-            }
-        } else if let Some(found) = resume::latest_checkpoint(&output) {
-            return Err(TrainError::Output {
-                path: output,
-                message: format!(
-                    "already holds checkpoint {}; pass --resume to continue it or choose another output_dir",
-                    found.dir.display()
-                ),
-            });
-        }
+        let _lock = self.open_output(&output, options)?;
         let mut monitor = Monitor::open(&self.recipe.log_dir())?;
         let bar = progress_bar(options.progress, self.total_steps, self.step);
         let t = self.recipe.train.clone();
@@ -64,18 +43,7 @@ impl Trainer {
             if (t.eval_every > 0 && self.step.is_multiple_of(t.eval_every)) || last {
                 let eval = self.evaluate()?;
                 monitor.eval(self.step, &eval);
-                for d in &eval {
-                    bar.suspend(|| {
-                        tracing::info!(
-                            step = self.step,
-                            domain = d.domain,
-                            loss = format!("{:.4}", d.loss),
-                            tokens = d.tokens,
-                            experts_per_token = d.experts_per_token.map(|e| format!("{e:.3}")),
-                            "eval"
-                        )
-                    });
-                }
+                bar.suspend(|| log_eval(self.step, &eval));
             }
             let interrupted = options
                 .interrupt
@@ -104,6 +72,52 @@ impl Trainer {
             steps: self.step,
             final_dir,
         })
+    }
+    /// Creates and locks `output`, clears what an interrupted save left, and resumes from its
+    /// latest checkpoint when asked (refusing to train over one otherwise).
+    fn open_output(
+        &mut self,
+        output: &Path,
+        options: &TrainerOptions,
+    ) -> Result<resume::RunLock, TrainError> {
+        std::fs::create_dir_all(output).map_err(|e| TrainError::Output {
+            path: output.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let lock = resume::lock_output(output)?;
+        resume::clean_leftovers(output);
+        if options.resume {
+            match self.resume_latest_with(!options.no_verify)? {
+                Some(step) => tracing::info!("continuing from step {step}"),
+                None => tracing::warn!(
+                    "--resume: no checkpoint in {}; starting from step 0",
+                    output.display()
+                ),
+            }
+        } else if let Some(found) = resume::latest_checkpoint(output) {
+            return Err(TrainError::Output {
+                path: output.to_path_buf(),
+                message: format!(
+                    "already holds checkpoint {}; pass --resume to continue it or choose another output_dir",
+                    found.dir.display()
+                ),
+            });
+        }
+        Ok(lock)
+    }
+}
+
+/// Logs one evaluation's per-domain losses.
+fn log_eval(step: u64, eval: &[DomainEval]) {
+    for d in eval {
+        tracing::info!(
+            step,
+            domain = d.domain,
+            loss = format!("{:.4}", d.loss),
+            tokens = d.tokens,
+            experts_per_token = d.experts_per_token.map(|e| format!("{e:.3}")),
+            "eval"
+        )
     }
 }
 
