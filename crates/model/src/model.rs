@@ -210,35 +210,7 @@ impl MoeTransformer {
         );
         let mut layers = Vec::with_capacity(c.layers.len());
         for (i, kind) in c.layers.iter().enumerate() {
-            let p = hf_keys::layer(i);
-            let layer = DecoderLayer {
-                input_layernorm: norm(
-                    source,
-                    &format!("{p}.input_layernorm.weight"),
-                    h,
-                    c.rms_norm_eps,
-                    device,
-                )?,
-                self_attn: build_attention(c, source, &p, device)?,
-                post_attention_layernorm: norm(
-                    source,
-                    &format!("{p}.post_attention_layernorm.weight"),
-                    h,
-                    c.rms_norm_eps,
-                    device,
-                )?,
-                // Fields evaluate in HF order, so the first missing key is the first on disk.
-                mlp: match kind {
-                    FfnKind::Dense { intermediate_size } => Ffn::Dense(swiglu(
-                        source,
-                        &hf_keys::dense_mlp(&p),
-                        h,
-                        *intermediate_size,
-                        device,
-                    )?),
-                    FfnKind::Moe => Ffn::Moe(build_moe(c, source, &p, device)?),
-                },
-            };
+            let layer = build_layer(c, source, i, kind, device)?;
             layers.push(stored_in(layer, dtype));
         }
         let final_norm = stored_in(
@@ -630,6 +602,46 @@ fn swiglu(
             false,
             device,
         )?,
+    })
+}
+
+/// Decoder layer `i` (of kind `kind`) read from `source` under its HF keys.
+fn build_layer(
+    c: &MoeTransformerConfig,
+    source: &mut dyn WeightSource,
+    i: usize,
+    kind: &FfnKind,
+    device: &Device,
+) -> Result<DecoderLayer, LoadError> {
+    let h = c.hidden_size;
+    let p = hf_keys::layer(i);
+    Ok(DecoderLayer {
+        input_layernorm: norm(
+            source,
+            &format!("{p}.input_layernorm.weight"),
+            h,
+            c.rms_norm_eps,
+            device,
+        )?,
+        self_attn: build_attention(c, source, &p, device)?,
+        post_attention_layernorm: norm(
+            source,
+            &format!("{p}.post_attention_layernorm.weight"),
+            h,
+            c.rms_norm_eps,
+            device,
+        )?,
+        // Fields evaluate in HF order, so the first missing key is the first on disk.
+        mlp: match kind {
+            FfnKind::Dense { intermediate_size } => Ffn::Dense(swiglu(
+                source,
+                &hf_keys::dense_mlp(&p),
+                h,
+                *intermediate_size,
+                device,
+            )?),
+            FfnKind::Moe => Ffn::Moe(build_moe(c, source, &p, device)?),
+        },
     })
 }
 
