@@ -500,6 +500,36 @@ fn load_timed(dir: &Path, device: &Device) -> Result<(LoadedCheckpoint, f64)> {
     Ok((c, start.elapsed().as_secs_f64()))
 }
 
+/// The largest `|a − b|`, NaN when either side holds a NaN.
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, |m, d| {
+            if d.is_nan() || m.is_nan() {
+                f32::NAN
+            } else {
+                m.max(d)
+            }
+        })
+}
+
+/// The index of the largest logit of each `vocab`-wide row.
+fn argmax_rows(logits: &[f32], vocab: usize) -> Vec<usize> {
+    logits
+        .chunks(vocab)
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .fold(
+                    (0, f32::MIN),
+                    |best, (i, &x)| if x > best.1 { (i, x) } else { best },
+                )
+                .0
+        })
+        .collect()
+}
+
 fn run_compare(args: CompareArgs) -> Result<()> {
     let device = args.device.device()?;
     let (a, a_s) = load_timed(&args.a, &device)?;
@@ -533,31 +563,8 @@ fn run_compare(args: CompareArgs) -> Result<()> {
         let ids = encode(tokenizer.as_ref(), p, vocab)?;
         let la = logits(&a.model, &ids, &device)?;
         let lb = logits(&b.model, &ids, &device)?;
-        let diff = la
-            .iter()
-            .zip(&lb)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, |m, d| {
-                if d.is_nan() || m.is_nan() {
-                    f32::NAN
-                } else {
-                    m.max(d)
-                }
-            });
-        let argmax = |v: &[f32]| -> Vec<usize> {
-            v.chunks(vocab)
-                .map(|row| {
-                    row.iter()
-                        .enumerate()
-                        .fold(
-                            (0, f32::MIN),
-                            |best, (i, &x)| if x > best.1 { (i, x) } else { best },
-                        )
-                        .0
-                })
-                .collect()
-        };
-        let (ta, tb) = (argmax(&la), argmax(&lb));
+        let diff = max_abs_diff(&la, &lb);
+        let (ta, tb) = (argmax_rows(&la, vocab), argmax_rows(&lb, vocab));
         let same = ta.iter().zip(&tb).filter(|(x, y)| x == y).count();
         agree += same;
         positions += ta.len();
