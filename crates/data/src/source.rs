@@ -280,32 +280,25 @@ pub fn read_source(cfg: &SourceConfig, on_bad: OnBadLine) -> Result<LoadedSource
 /// A text source: one document per file (a file, or every file of a directory with the
 /// configured extensions); empty files are not documents.
 fn read_text(cfg: &SourceConfig, on_bad: OnBadLine) -> Result<Read> {
-    let path = &cfg.path;
-    let mut read = Read::default();
-    let Read {
-        documents,
-        document_files,
-        files,
-        skipped,
-    } = &mut read;
+    let (path, mut read) = (&cfg.path, Read::default());
     if path.is_dir() {
-        list_files(path, &cfg.extensions, files)?;
+        list_files(path, &cfg.extensions, &mut read.files)?;
     } else {
-        files.push(path.clone());
+        read.files.push(path.clone());
     }
-    for (fi, f) in files.iter().enumerate() {
+    for (fi, f) in read.files.iter().enumerate() {
         let bytes = std::fs::read(f).map_err(io_err(f))?;
         match String::from_utf8(bytes) {
             Ok(s) if s.trim().is_empty() => {} // an empty file is not a document
             Ok(s) => {
-                documents.push(Document::Text(s));
-                document_files.push(fi as u32);
+                read.documents.push(Document::Text(s));
+                read.document_files.push(fi as u32);
             }
             Err(e) => {
                 let at = e.utf8_error().valid_up_to();
                 let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
                 if on_bad == OnBadLine::Skip {
-                    *skipped += 1;
+                    read.skipped += 1;
                 } else {
                     return Err(DataError::BadLine {
                         path: f.clone(),
@@ -317,7 +310,7 @@ fn read_text(cfg: &SourceConfig, on_bad: OnBadLine) -> Result<Read> {
                 }
             }
         }
-        if cfg.max_documents.is_some_and(|m| documents.len() >= m) {
+        if cfg.max_documents.is_some_and(|m| read.documents.len() >= m) {
             break;
         }
     }
@@ -326,21 +319,14 @@ fn read_text(cfg: &SourceConfig, on_bad: OnBadLine) -> Result<Read> {
 
 /// A JSONL source: one document per non-blank line.
 fn read_jsonl(cfg: &SourceConfig, on_bad: OnBadLine) -> Result<Read> {
-    let path = &cfg.path;
-    let mut read = Read::default();
-    let Read {
-        documents,
-        document_files,
-        files,
-        skipped,
-    } = &mut read;
+    let (path, mut read) = (&cfg.path, Read::default());
     if path.is_dir() {
         return Err(DataError::Config(format!(
             "source {}: a directory needs format = \"text\" (JSONL sources are single files)",
             path.display()
         )));
     }
-    files.push(path.clone());
+    read.files.push(path.clone());
     let reader = BufReader::new(std::fs::File::open(path).map_err(io_err(path))?);
     for (i, line) in reader.split(b'\n').enumerate() {
         let line = line.map_err(io_err(path))?;
@@ -352,14 +338,14 @@ fn read_jsonl(cfg: &SourceConfig, on_bad: OnBadLine) -> Result<Read> {
         };
         match parsed {
             Ok(d) => {
-                documents.push(d);
-                document_files.push(0);
+                read.documents.push(d);
+                read.document_files.push(0);
             }
             Err(message) if on_bad == OnBadLine::Skip => {
-                if *skipped == 0 {
+                if read.skipped == 0 {
                     tracing::warn!(file = %path.display(), line = lineno, %message, "skipping malformed line");
                 }
-                *skipped += 1;
+                read.skipped += 1;
             }
             Err(message) => {
                 return Err(DataError::BadLine {
@@ -369,7 +355,7 @@ fn read_jsonl(cfg: &SourceConfig, on_bad: OnBadLine) -> Result<Read> {
                 });
             }
         }
-        if cfg.max_documents.is_some_and(|m| documents.len() >= m) {
+        if cfg.max_documents.is_some_and(|m| read.documents.len() >= m) {
             break;
         }
     }
