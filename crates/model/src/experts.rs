@@ -351,10 +351,10 @@ pub(crate) fn int_tensor(values: Vec<i64>, device: &Device) -> Tensor<1, Int> {
     Tensor::from_data(TensorData::new(values, [len]), device)
 }
 
-/// The routed experts of the MoE block `keys` names (`model.layers.L.mlp` or `.block_sparse_moe`), from
-/// per-expert keys or the fused v5 layout (`experts.gate_up_proj [E, 2I, H]` with gate rows first,
-/// `experts.down_proj [E, H, I]`; the transposed `[E, H, 2I]` / `[E, I, H]` variant is recognised by
-/// shape when `H ≠ 2I` / `H ≠ I`).
+/// The routed experts of the MoE block `keys` names (`model.layers.L.mlp` or
+/// `.block_sparse_moe`), from per-expert keys or the fused v5 layout (`experts.gate_up_proj
+/// [E, 2I, H]` with gate rows first, `experts.down_proj [E, H, I]`; the transposed `[E, H, 2I]` /
+/// `[E, I, H]` variant is recognised by shape when `H ≠ 2I` / `H ≠ I`).
 ///
 /// A seeded source has no fused key, so fresh experts are drawn per expert and projection in HF
 /// order (gate, up, down), as a per-expert checkpoint lists them.

@@ -37,7 +37,7 @@ pub use loader::{
 };
 pub use lora::{
     AdapterSite, FactorValues, LoraFactors, LoraParams, LoraSpec, ModuleTargets, adapter_sites,
-    from_peft, to_peft, unmatched_target,
+    from_peft, saved_by, to_peft, unmatched_target,
 };
 pub use mlp::SwiGlu;
 pub use model::{

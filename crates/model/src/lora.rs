@@ -178,12 +178,6 @@ impl ModuleTargets {
     }
 }
 
-impl From<Vec<String>> for ModuleTargets {
-    fn from(names: Vec<String>) -> Self {
-        Self::Names(names)
-    }
-}
-
 /// How one target selects HF paths.
 enum Rule {
     /// PEFT's list entries: the path is the name or ends in `.name`.
@@ -432,7 +426,7 @@ impl LoraSpec {
     /// The parameters `self` would train on a model of `config`; an error names a bad rank
     /// pattern.
     pub fn params(&self, config: &MoeTransformerConfig) -> Result<LoraParams, ModelError> {
-        let (sites, unmatched) = self.select(config.family, adapter_sites(config))?;
+        let (sites, unmatched) = self.select(config)?;
         let mut adapters = 0;
         for site in &sites {
             let (rank, _) = self.rank_and_scale(site)?;
@@ -440,11 +434,7 @@ impl LoraSpec {
         }
         let saved = whole_modules(config)
             .iter()
-            .filter(|m| {
-                self.modules_to_save
-                    .iter()
-                    .any(|n| m.hf_name.ends_with(n.as_str()))
-            })
+            .filter(|m| saved_by(&self.modules_to_save, &m.hf_name))
             .map(|m| m.params)
             .sum();
         Ok(LoraParams {
@@ -454,15 +444,15 @@ impl LoraSpec {
         })
     }
 
-    /// The sites of `all` this spec's targets select, and the targets that select none; an
-    /// error names a `target_modules` pattern that is not a regex.
+    /// The sites of a model of `config` this spec's targets select, and the targets that select
+    /// none; an error names a `target_modules` pattern that is not a regex.
     fn select(
         &self,
-        family: Family,
-        all: Vec<AdapterSite>,
+        config: &MoeTransformerConfig,
     ) -> Result<(Vec<AdapterSite>, Vec<String>), ModelError> {
+        let all = adapter_sites(config);
         let linear: Vec<&AdapterSite> = all.iter().filter(|s| !s.experts).collect();
-        let modules = self.target_modules.rules(family, &linear)?;
+        let modules = self.target_modules.rules(config.family, &linear)?;
         let parameters: Vec<_> = self
             .target_parameters
             .iter()
@@ -495,6 +485,12 @@ impl LoraSpec {
             .collect();
         Ok((sites, unmatched))
     }
+}
+
+/// Whether PEFT's `modules_to_save` entries `names` select the module at HF path `path`: as
+/// in PEFT, any entry the path ends with.
+pub fn saved_by(names: &[String], path: &str) -> bool {
+    names.iter().any(|n| path.ends_with(n.as_str()))
 }
 
 /// The error of a target that selects nothing.
@@ -653,7 +649,7 @@ impl MoeTransformer {
         &mut self,
         spec: &LoraSpec,
     ) -> Result<(Vec<AdapterSite>, Vec<String>), ModelError> {
-        spec.select(self.config().family, adapter_sites(self.config()))
+        spec.select(self.config())
     }
 
     /// Freezes every parameter, attaches `spec`'s adapters (PEFT's initialisation: `A`
@@ -766,7 +762,7 @@ impl MoeTransformer {
     pub fn saved_modules(&mut self, names: &[String]) -> Vec<(String, Vec<usize>, Tensor<2>)> {
         let mut out = Vec::new();
         self.for_each_whole(&mut |path, whole| {
-            if !names.iter().any(|n| path.ends_with(n.as_str())) {
+            if !saved_by(names, &path) {
                 return;
             }
             match whole {

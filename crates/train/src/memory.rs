@@ -10,7 +10,9 @@
 //! a cast or a sum nothing. The model's tensors are in the compute dtype (`a` bytes: 4, or 2 in
 //! a half-precision run); norm statistics, softmaxes and the router run in f32.
 
-use seqtopk_model::{FfnKind, MoeTransformerConfig, QkNorm, causal_blocks, loss_chunk_rows};
+use seqtopk_model::{
+    FfnKind, MoeTransformerConfig, QkNorm, causal_blocks, hf_keys, loss_chunk_rows, saved_by,
+};
 
 use crate::recipe::{Recipe, Recompute};
 use crate::trainer::Budget;
@@ -64,10 +66,10 @@ impl StepShape {
                 .is_some_and(|l| !l.target_parameters.is_empty()),
             head_trains: recipe.lora.as_ref().is_none_or(|l| {
                 let head = match config.tie_word_embeddings {
-                    true => "model.embed_tokens",
-                    false => "lm_head",
+                    true => hf_keys::EMBED_TOKENS,
+                    false => hf_keys::LM_HEAD,
                 };
-                l.modules_to_save.iter().any(|m| head.ends_with(m.as_str()))
+                saved_by(&l.modules_to_save, head)
             }),
         }
     }
