@@ -2,13 +2,13 @@
 
 use burn::module::Module;
 use burn::nn::Linear;
-use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
 
 use crate::config::QkNorm;
 use crate::lora::linear_forward;
 use crate::norm::RmsNorm;
 use crate::rope;
+use crate::softmax::softmax_last;
 
 /// Keys and values of past positions for one layer, after RoPE and before the GQA repeat.
 #[derive(Debug, Clone, Default)]
@@ -181,7 +181,7 @@ fn attend(
     };
     let [_, _, tq, tk] = scores.dims();
     let scores = scores.mask_fill(masked.clone().expand([b, nh, tq, tk]), fill);
-    let probs = softmax(scores, 3);
+    let probs = softmax_last(scores);
     let probs = if probs.dtype() == dtype {
         probs
     } else {

@@ -25,6 +25,7 @@ mod norm;
 mod objective;
 mod precision;
 pub mod rope;
+mod softmax;
 mod weights;
 
 pub use attention::{Attention, AttentionMask, LayerKvCache, attention_mask, causal_blocks};
@@ -46,4 +47,5 @@ pub use model::{
 pub use moe::{RouteCall, SparseMoe};
 pub use norm::RmsNorm;
 pub use objective::{TargetNll, causal_lm_loss, loss_chunk_rows, next_token_targets};
+pub use softmax::softmax_last;
 pub use weights::{Init, SeededInit, WeightSource, transpose};

@@ -10,6 +10,7 @@
 //! a cast or a sum nothing. The model's tensors are in the compute dtype (`a` bytes: 4, or 2 in
 //! a half-precision run); norm statistics, softmaxes and the router run in f32.
 
+use seqtopk_backend::Backend;
 use seqtopk_model::{
     FfnKind, MoeTransformerConfig, QkNorm, causal_blocks, hf_keys, loss_chunk_rows, saved_by,
 };
@@ -42,6 +43,9 @@ pub struct StepShape {
     /// Whether the LM head trains (not under LoRA unless `modules_to_save` names it): the loss
     /// then keeps its weight gradient from the forward pass.
     pub head_trains: bool,
+    /// Whether attention's softmax is the CPU backend's fused op (`seqtopk_model::softmax_last`),
+    /// which keeps only its f32 probabilities; GPU backends run Burn's decomposed softmax.
+    pub fused_softmax: bool,
 }
 
 impl StepShape {
@@ -71,6 +75,7 @@ impl StepShape {
                 };
                 saved_by(&l.modules_to_save, head)
             }),
+            fused_softmax: recipe.backend == Backend::Cpu,
         }
     }
 }
@@ -106,8 +111,9 @@ pub fn estimate(
     let head = acts.head();
     let activations = match shape.recompute {
         Recompute::None => layers + head,
-        // Burn's balanced strategy keeps compute-bound outputs (matmuls) and recomputes the
-        // memory-bound ones from them: of each layer's softmax only the raw scores stay.
+        // Burn's balanced strategy keeps compute-bound outputs (matmuls, the fused softmax) and
+        // recomputes the memory-bound ones from them: of each layer's softmax only the raw
+        // scores (or the fused op's probabilities) stay.
         Recompute::Balanced => acts.balanced(layers) + head,
     };
     // Backward of the last layer's softmax holds the gradients of its probabilities, of the
@@ -167,8 +173,9 @@ impl<'a> Activations<'a> {
     }
 
     /// Attention: q and k keep their projection, rotated half and rotary output; v its
-    /// projection; GQA materialises repeated k and v; the softmax keeps its exponentials (f32)
-    /// and probabilities; the merged heads feed `o_proj`; the mask is one byte per score.
+    /// projection; GQA materialises repeated k and v; the softmax keeps its f32 exponentials
+    /// (the fused one its f32 probabilities) and the probabilities `p·v` multiplies; the merged
+    /// heads feed `o_proj`; the mask is one byte per score.
     fn attention(&self) -> f64 {
         let c = self.c;
         let (q, kv) = c.attention_widths();
@@ -187,7 +194,16 @@ impl<'a> Activations<'a> {
             bytes += self.n * (q + 2.0 * kv) * self.a;
         }
         let s = self.score_elements();
-        bytes + s * (F32 + self.a) + s / c.num_attention_heads as f64
+        bytes + s * (F32 + self.probabilities()) + s / c.num_attention_heads as f64
+    }
+
+    /// Bytes per score of the probabilities `p·v` multiplies besides the softmax's own f32
+    /// state: the decomposed softmax's output, or the fused one's half-precision cast.
+    fn probabilities(&self) -> f64 {
+        match (self.shape.fused_softmax, self.shape.half) {
+            (true, false) => 0.0,
+            _ => self.a,
+        }
     }
 
     /// A SwiGLU MLP of width `i` on `rows` rows: the gate and up projections, the sigmoid, the
@@ -242,12 +258,17 @@ impl<'a> Activations<'a> {
     }
 
     /// Under balanced recomputation each layer keeps its raw scores (a matmul's output) in
-    /// place of the softmax's exponentials and probabilities, which backward recomputes; the
+    /// place of the softmax's exponentials and probabilities, which backward recomputes (the
+    /// fused softmax keeps its f32 probabilities and recomputes their half-precision cast); the
     /// other element-wise intermediates are small next to them and counted as kept.
     fn balanced(&self, layers: f64) -> f64 {
         let l = self.c.num_hidden_layers() as f64;
         let s = self.score_elements();
-        layers - l * s * F32
+        let dropped = match self.shape.fused_softmax {
+            true => self.probabilities(),
+            false => F32,
+        };
+        layers - l * s * dropped
     }
 
     /// The final norm, and the loss's kept operands: the scored hidden states and their
