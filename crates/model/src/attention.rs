@@ -4,11 +4,14 @@ use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
 
-use crate::config::QkNorm;
+use crate::LoadError;
+use crate::config::{MoeTransformerConfig, QkNorm};
+use crate::hf_keys::ATTENTION;
 use crate::lora::linear_forward;
 use crate::norm::RmsNorm;
 use crate::rope;
 use crate::softmax::softmax_last;
+use crate::weights::Weights;
 
 /// Keys and values of past positions for one layer, after RoPE and before the GQA repeat.
 #[derive(Debug, Clone, Default)]
@@ -67,6 +70,42 @@ pub struct Attention {
 }
 
 impl Attention {
+    /// The block under `w` (HF `self_attn`): [`ATTENTION`] projections and, with QK-norm,
+    /// `q_norm`/`k_norm`.
+    pub fn load(c: &MoeTransformerConfig, w: &mut Weights<'_>) -> Result<Self, LoadError> {
+        let (h, nh, nkv, d) = (
+            c.hidden_size,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.head_dim,
+        );
+        let (q_width, k_width) = match c.qk_norm {
+            QkNorm::FullWidth => (nh * d, nkv * d),
+            _ => (d, d),
+        };
+        let qk = c.qk_norm != QkNorm::None;
+        let [q, k, v, o] = ATTENTION;
+        Ok(Self {
+            q_proj: w.pp(q).linear(h, nh * d, c.qkv_bias)?,
+            k_proj: w.pp(k).linear(h, nkv * d, c.qkv_bias)?,
+            v_proj: w.pp(v).linear(h, nkv * d, c.qkv_bias)?,
+            o_proj: w.pp(o).linear(nh * d, h, c.o_bias)?,
+            q_norm: match qk {
+                true => Some(RmsNorm::load(&mut w.pp("q_norm"), q_width, c.rms_norm_eps)?),
+                false => None,
+            },
+            k_norm: match qk {
+                true => Some(RmsNorm::load(&mut w.pp("k_norm"), k_width, c.rms_norm_eps)?),
+                false => None,
+            },
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: d,
+            per_head_norm: c.qk_norm == QkNorm::PerHead,
+            clip_qkv: c.clip_qkv.unwrap_or(0.0),
+        })
+    }
+
     /// Where `q_norm`/`k_norm` apply.
     pub fn qk_norm(&self) -> QkNorm {
         match (&self.q_norm, self.per_head_norm) {

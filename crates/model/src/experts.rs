@@ -20,7 +20,7 @@ use seqtopk_router::RoutingPlan;
 use crate::LoadError;
 use crate::hf_keys::MoeKeys;
 use crate::lora::LoraFactors;
-use crate::weights::{Init, WeightSource, transpose};
+use crate::weights::{Init, Weights, transpose};
 
 /// The routed experts of one MoE layer: `down(silu(x·gate) ⊙ x·up)` per expert, stacked.
 ///
@@ -359,12 +359,11 @@ pub(crate) fn int_tensor(values: Vec<i64>, device: &Device) -> Tensor<1, Int> {
 /// A seeded source has no fused key, so fresh experts are drawn per expert and projection in HF
 /// order (gate, up, down), as a per-expert checkpoint lists them.
 pub(crate) fn load_experts(
-    source: &mut dyn WeightSource,
+    source: &mut Weights<'_>,
     keys: &MoeKeys,
     e: usize,
     h: usize,
     i: usize,
-    device: &Device,
 ) -> Result<Experts, LoadError> {
     let (fused_gu, fused_down) = (keys.fused(0), keys.fused(1));
     let mut hf = HfExperts {
@@ -405,7 +404,7 @@ pub(crate) fn load_experts(
         } else {
             hf.down = down;
         }
-        return Ok(Experts::from_hf(&hf, device));
+        return Ok(Experts::from_hf(&hf, source.device()));
     }
     let std_in = |d: usize| Init::Normal(1.0 / (d as f32).sqrt());
     for x in 0..e {
@@ -416,7 +415,7 @@ pub(crate) fn load_experts(
         hf.gate_up.extend(up);
         hf.down.extend(down);
     }
-    Ok(Experts::from_hf(&hf, device))
+    Ok(Experts::from_hf(&hf, source.device()))
 }
 
 #[cfg(test)]

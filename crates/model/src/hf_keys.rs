@@ -19,6 +19,14 @@ pub const MIXTRAL_EXPERT: [&str; 3] = ["w1", "w3", "w2"];
 /// down `[E, H, I]`.
 pub const FUSED_EXPERTS: [&str; 2] = ["gate_up_proj", "down_proj"];
 
+/// `path.name`, or `name` alone under the empty path (keys relative to a layer's own view).
+pub fn join(path: &str, name: &str) -> String {
+    match path {
+        "" => name.to_owned(),
+        _ => format!("{path}.{name}"),
+    }
+}
+
 /// The path of decoder layer `l`.
 pub fn layer(l: usize) -> String {
     format!("model.layers.{l}")
@@ -26,12 +34,12 @@ pub fn layer(l: usize) -> String {
 
 /// A decoder layer's attention block: [`ATTENTION`] projections and Qwen3/OLMoE `q_norm`/`k_norm`.
 pub fn self_attn(layer_path: &str) -> String {
-    format!("{layer_path}.self_attn")
+    join(layer_path, "self_attn")
 }
 
 /// A dense decoder layer's SwiGLU block ([`SWIGLU`] projections).
 pub fn dense_mlp(layer_path: &str) -> String {
-    format!("{layer_path}.mlp")
+    join(layer_path, "mlp")
 }
 
 /// Where an MoE layer's router, experts and shared expert live, and what its per-expert keys
@@ -44,12 +52,12 @@ pub struct MoeKeys {
 }
 
 impl MoeKeys {
-    /// The keys of layer `layer_path`'s MoE block: Mixtral's original layout when
-    /// `mixtral_per_expert`, transformers 5's otherwise.
+    /// The keys of layer `layer_path`'s MoE block (relative to the layer for the empty path):
+    /// Mixtral's original layout when `mixtral_per_expert`, transformers 5's otherwise.
     pub fn new(layer_path: &str, mixtral_per_expert: bool) -> Self {
         let block = match mixtral_per_expert {
-            true => format!("{layer_path}.block_sparse_moe"),
-            false => format!("{layer_path}.mlp"),
+            true => join(layer_path, "block_sparse_moe"),
+            false => join(layer_path, "mlp"),
         };
         Self {
             block,

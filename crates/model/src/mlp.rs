@@ -5,7 +5,10 @@ use burn::nn::Linear;
 use burn::tensor::Tensor;
 use burn::tensor::activation::silu;
 
+use crate::LoadError;
+use crate::hf_keys::SWIGLU;
 use crate::lora::linear_forward;
+use crate::weights::Weights;
 
 /// `down(silu(gate(x)) ⊙ up(x))`, no biases (HF `*MLP` / Mixtral `w2(silu(w1 x) ⊙ w3 x)`).
 #[derive(Module, Debug)]
@@ -19,6 +22,16 @@ pub struct SwiGlu {
 }
 
 impl SwiGlu {
+    /// The block under `w` ([`SWIGLU`] projections) for hidden width `h` and intermediate `i`.
+    pub fn load(w: &mut Weights<'_>, h: usize, i: usize) -> Result<Self, LoadError> {
+        // Fields evaluate in HF order, so the first missing key is the first on disk.
+        Ok(Self {
+            gate_proj: w.pp(SWIGLU[0]).linear(h, i, false)?,
+            up_proj: w.pp(SWIGLU[1]).linear(h, i, false)?,
+            down_proj: w.pp(SWIGLU[2]).linear(i, h, false)?,
+        })
+    }
+
     /// # Shapes
     /// `[..., H]` → `[..., H]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {

@@ -7,15 +7,14 @@ use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
 use seqtopk_router::{ExpertCache, Router, RouterConfig, RouterOutput, RoutingMode, TokenLayout};
 
 use crate::attention::{Attention, AttentionMask, LayerKvCache, attention_mask};
-use crate::config::{Family, FfnKind, MoeTransformerConfig, QkNorm};
-use crate::experts::load_experts;
-use crate::hf_keys::{self, SWIGLU};
+use crate::config::{FfnKind, MoeTransformerConfig};
+use crate::hf_keys;
 use crate::mlp::SwiGlu;
 use crate::moe::{RouteCall, SparseMoe};
 use crate::norm::RmsNorm;
 use crate::precision::stored_in;
 use crate::rope;
-use crate::weights::{Init, WeightSource, transpose};
+use crate::weights::{Init, WeightSource, Weights};
 use crate::{LoadError, ModelError};
 
 /// The feed-forward half of a decoder layer.
@@ -43,6 +42,29 @@ pub struct DecoderLayer {
 }
 
 impl DecoderLayer {
+    /// The layer under `w` (HF `model.layers.L`) with feed-forward part `kind`.
+    pub fn load(
+        c: &MoeTransformerConfig,
+        w: &mut Weights<'_>,
+        kind: &FfnKind,
+    ) -> Result<Self, LoadError> {
+        let (h, eps) = (c.hidden_size, c.rms_norm_eps);
+        // Fields evaluate in HF order, so the first missing key is the first on disk.
+        Ok(Self {
+            input_layernorm: RmsNorm::load(&mut w.pp("input_layernorm"), h, eps)?,
+            self_attn: Attention::load(c, &mut w.pp(&hf_keys::self_attn("")))?,
+            post_attention_layernorm: RmsNorm::load(&mut w.pp("post_attention_layernorm"), h, eps)?,
+            mlp: match kind {
+                FfnKind::Dense { intermediate_size } => Ffn::Dense(SwiGlu::load(
+                    &mut w.pp(&hf_keys::dense_mlp("")),
+                    h,
+                    *intermediate_size,
+                )?),
+                FfnKind::Moe => Ffn::Moe(SparseMoe::load(c, w)?),
+            },
+        })
+    }
+
     /// One layer's two residual steps over `hidden` `[B, T, H]`, with the attention's `cos`,
     /// `sin` and `mask`, the layer's KV cache when decoding, and, for an MoE layer, the router,
     /// the layout and how to ask for a plan. Returns the new hidden states and, for an MoE layer,
@@ -200,8 +222,10 @@ impl MoeTransformer {
     ) -> Result<Self, LoadError> {
         let c = config;
         let (h, v) = (c.hidden_size, c.vocab_size);
-        let embed_key = format!("{}.weight", hf_keys::EMBED_TOKENS);
-        let embed = source.tensor(&embed_key, &[v, h], Init::Normal(0.02))?;
+        let mut w = Weights::new(source, device);
+        let embed = w
+            .pp(hf_keys::EMBED_TOKENS)
+            .tensor("weight", &[v, h], Init::Normal(0.02))?;
         let embed_tokens = stored_in(
             Embedding {
                 weight: Param::from_data(TensorData::new(embed, [v, h]), device),
@@ -210,23 +234,15 @@ impl MoeTransformer {
         );
         let mut layers = Vec::with_capacity(c.layers.len());
         for (i, kind) in c.layers.iter().enumerate() {
-            let layer = build_layer(c, source, i, kind, device)?;
+            let layer = DecoderLayer::load(c, &mut w.pp(&hf_keys::layer(i)), kind)?;
             layers.push(stored_in(layer, dtype));
         }
-        let final_norm = stored_in(
-            norm(
-                source,
-                &format!("{}.weight", hf_keys::FINAL_NORM),
-                h,
-                c.rms_norm_eps,
-                device,
-            )?,
-            dtype,
-        );
+        let final_norm = RmsNorm::load(&mut w.pp(hf_keys::FINAL_NORM), h, c.rms_norm_eps)?;
+        let final_norm = stored_in(final_norm, dtype);
         let lm_head = if c.tie_word_embeddings {
             None
         } else {
-            let head = linear_from(source, hf_keys::LM_HEAD, h, v, false, device)?;
+            let head = w.pp(hf_keys::LM_HEAD).linear(h, v, false)?;
             Some(stored_in(head, dtype))
         };
         let mut model = Self {
@@ -509,252 +525,4 @@ fn layout_mask(
         past,
         device,
     ))
-}
-
-fn norm(
-    source: &mut dyn WeightSource,
-    key: &str,
-    width: usize,
-    eps: f64,
-    device: &Device,
-) -> Result<RmsNorm, LoadError> {
-    Ok(RmsNorm::from_values(
-        source.tensor(key, &[width], Init::Ones)?,
-        eps,
-        device,
-    ))
-}
-
-/// A `Linear` from HF `{prefix}.weight` `[out, in]` (transposed to Burn's `[in, out]`) and
-/// optionally `{prefix}.bias`.
-fn linear_from(
-    source: &mut dyn WeightSource,
-    prefix: &str,
-    d_in: usize,
-    d_out: usize,
-    bias: bool,
-    device: &Device,
-) -> Result<Linear, LoadError> {
-    let w = source.tensor(
-        &format!("{prefix}.weight"),
-        &[d_out, d_in],
-        Init::Normal(1.0 / (d_in as f32).sqrt()),
-    )?;
-    Ok(linear_from_values(
-        &w,
-        d_in,
-        d_out,
-        if bias {
-            Some(source.tensor(&format!("{prefix}.bias"), &[d_out], Init::Zeros)?)
-        } else {
-            None
-        },
-        device,
-    ))
-}
-
-/// A `Linear` from an HF `[out, in]` weight.
-fn linear_from_values(
-    w: &[f32],
-    d_in: usize,
-    d_out: usize,
-    bias: Option<Vec<f32>>,
-    device: &Device,
-) -> Linear {
-    Linear {
-        weight: Param::from_data(
-            TensorData::new(transpose(w, d_out, d_in), [d_in, d_out]),
-            device,
-        ),
-        bias: bias.map(|b| Param::from_data(TensorData::new(b, [d_out]), device)),
-    }
-}
-
-fn swiglu(
-    source: &mut dyn WeightSource,
-    prefix: &str,
-    h: usize,
-    i: usize,
-    device: &Device,
-) -> Result<SwiGlu, LoadError> {
-    Ok(SwiGlu {
-        gate_proj: linear_from(
-            source,
-            &format!("{prefix}.{}", SWIGLU[0]),
-            h,
-            i,
-            false,
-            device,
-        )?,
-        up_proj: linear_from(
-            source,
-            &format!("{prefix}.{}", SWIGLU[1]),
-            h,
-            i,
-            false,
-            device,
-        )?,
-        down_proj: linear_from(
-            source,
-            &format!("{prefix}.{}", SWIGLU[2]),
-            i,
-            h,
-            false,
-            device,
-        )?,
-    })
-}
-
-/// Decoder layer `i` (of kind `kind`) read from `source` under its HF keys.
-fn build_layer(
-    c: &MoeTransformerConfig,
-    source: &mut dyn WeightSource,
-    i: usize,
-    kind: &FfnKind,
-    device: &Device,
-) -> Result<DecoderLayer, LoadError> {
-    let h = c.hidden_size;
-    let p = hf_keys::layer(i);
-    Ok(DecoderLayer {
-        input_layernorm: norm(
-            source,
-            &format!("{p}.input_layernorm.weight"),
-            h,
-            c.rms_norm_eps,
-            device,
-        )?,
-        self_attn: build_attention(c, source, &p, device)?,
-        post_attention_layernorm: norm(
-            source,
-            &format!("{p}.post_attention_layernorm.weight"),
-            h,
-            c.rms_norm_eps,
-            device,
-        )?,
-        // Fields evaluate in HF order, so the first missing key is the first on disk.
-        mlp: match kind {
-            FfnKind::Dense { intermediate_size } => Ffn::Dense(swiglu(
-                source,
-                &hf_keys::dense_mlp(&p),
-                h,
-                *intermediate_size,
-                device,
-            )?),
-            FfnKind::Moe => Ffn::Moe(build_moe(c, source, &p, device)?),
-        },
-    })
-}
-
-fn build_attention(
-    c: &MoeTransformerConfig,
-    source: &mut dyn WeightSource,
-    p: &str,
-    device: &Device,
-) -> Result<Attention, LoadError> {
-    let (h, nh, nkv, d) = (
-        c.hidden_size,
-        c.num_attention_heads,
-        c.num_key_value_heads,
-        c.head_dim,
-    );
-    let a = hf_keys::self_attn(p);
-    let (q_width, k_width) = match c.qk_norm {
-        QkNorm::FullWidth => (nh * d, nkv * d),
-        _ => (d, d),
-    };
-    let qk = c.qk_norm != QkNorm::None;
-    Ok(Attention {
-        q_proj: linear_from(
-            source,
-            &format!("{a}.q_proj"),
-            h,
-            nh * d,
-            c.qkv_bias,
-            device,
-        )?,
-        k_proj: linear_from(
-            source,
-            &format!("{a}.k_proj"),
-            h,
-            nkv * d,
-            c.qkv_bias,
-            device,
-        )?,
-        v_proj: linear_from(
-            source,
-            &format!("{a}.v_proj"),
-            h,
-            nkv * d,
-            c.qkv_bias,
-            device,
-        )?,
-        o_proj: linear_from(source, &format!("{a}.o_proj"), nh * d, h, c.o_bias, device)?,
-        q_norm: if qk {
-            Some(norm(
-                source,
-                &format!("{a}.q_norm.weight"),
-                q_width,
-                c.rms_norm_eps,
-                device,
-            )?)
-        } else {
-            None
-        },
-        k_norm: if qk {
-            Some(norm(
-                source,
-                &format!("{a}.k_norm.weight"),
-                k_width,
-                c.rms_norm_eps,
-                device,
-            )?)
-        } else {
-            None
-        },
-        num_heads: nh,
-        num_kv_heads: nkv,
-        head_dim: d,
-        per_head_norm: c.qk_norm == QkNorm::PerHead,
-        clip_qkv: c.clip_qkv.unwrap_or(0.0),
-    })
-}
-
-fn build_moe(
-    c: &MoeTransformerConfig,
-    source: &mut dyn WeightSource,
-    p: &str,
-    device: &Device,
-) -> Result<SparseMoe, LoadError> {
-    let moe = c
-        .moe
-        .as_ref()
-        .ok_or_else(|| ModelError::Input("MoE layer without an MoE config".into()))?;
-    let (h, e, i) = (c.hidden_size, moe.num_experts, moe.expert_intermediate_size);
-    // Mixtral keeps `block_sparse_moe` on disk unless re-saved in the fused v5 layout (`mlp`).
-    let v5 = hf_keys::MoeKeys::new(p, false);
-    let mixtral_per_expert =
-        c.family == Family::Mixtral && !source.contains(&format!("{}.weight", v5.gate()));
-    let keys = hf_keys::MoeKeys::new(p, mixtral_per_expert);
-    let gate = linear_from(source, &keys.gate(), h, e, false, device)?;
-    let experts = load_experts(source, &keys, e, h, i, device)?;
-    let (shared_expert, shared_expert_gate) = match moe.shared_expert_intermediate_size {
-        Some(si) => (
-            Some(swiglu(source, &keys.shared_expert(), h, si, device)?),
-            Some(linear_from(
-                source,
-                &keys.shared_expert_gate(),
-                h,
-                1,
-                false,
-                device,
-            )?),
-        ),
-        None => (None, None),
-    };
-    Ok(SparseMoe {
-        gate,
-        experts,
-        shared_expert,
-        shared_expert_gate,
-    })
 }

@@ -6,9 +6,12 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::sigmoid;
 use seqtopk_router::{ExpertCache, Router, RouterOutput, TokenLayout};
 
-use crate::ModelError;
-use crate::experts::Experts;
+use crate::config::{Family, MoeTransformerConfig};
+use crate::experts::{Experts, load_experts};
+use crate::hf_keys::MoeKeys;
 use crate::mlp::SwiGlu;
+use crate::weights::Weights;
+use crate::{LoadError, ModelError};
 
 /// How the block asks the router for a plan.
 #[derive(Debug)]
@@ -43,6 +46,36 @@ pub struct SparseMoe {
 }
 
 impl SparseMoe {
+    /// The MoE block of the decoder layer under `w`: router, experts (per-expert or fused) and,
+    /// for Qwen2-MoE, the shared expert and its gate.
+    pub fn load(c: &MoeTransformerConfig, w: &mut Weights<'_>) -> Result<Self, LoadError> {
+        let moe = c
+            .moe
+            .as_ref()
+            .ok_or_else(|| ModelError::Input("MoE layer without an MoE config".into()))?;
+        let (h, e, i) = (c.hidden_size, moe.num_experts, moe.expert_intermediate_size);
+        // Mixtral keeps `block_sparse_moe` on disk unless re-saved in the fused v5 layout (`mlp`).
+        let v5 = MoeKeys::new("", false);
+        let mixtral_per_expert =
+            c.family == Family::Mixtral && !w.pp(&v5.gate()).contains("weight");
+        let keys = MoeKeys::new("", mixtral_per_expert);
+        let gate = w.pp(&keys.gate()).linear(h, e, false)?;
+        let experts = load_experts(w, &keys, e, h, i)?;
+        let (shared_expert, shared_expert_gate) = match moe.shared_expert_intermediate_size {
+            Some(si) => (
+                Some(SwiGlu::load(&mut w.pp(&keys.shared_expert()), h, si)?),
+                Some(w.pp(&keys.shared_expert_gate()).linear(h, 1, false)?),
+            ),
+            None => (None, None),
+        };
+        Ok(Self {
+            gate,
+            experts,
+            shared_expert,
+            shared_expert_gate,
+        })
+    }
+
     /// Routes `x` and runs only the selected (token, expert) pairs.
     ///
     /// Host synchronisation: exactly one, inside the router (it reads the per-token candidate

@@ -3,6 +3,9 @@
 use burn::module::{Module, Param};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
+use crate::LoadError;
+use crate::weights::{Init, Weights};
+
 /// `y = cast_back(x / sqrt(mean(x²) + eps)) · weight`, the statistics in f32.
 ///
 /// Hugging Face (Llama, OLMoE, Qwen, Mixtral) upcasts to f32, normalises, casts back to the input
@@ -20,6 +23,12 @@ impl RmsNorm {
     /// A norm of width `width` with unit weights.
     pub fn ones(width: usize, eps: f64, device: &Device) -> Self {
         Self::from_values(vec![1.0; width], eps, device)
+    }
+
+    /// The norm under `w` (HF `weight`), of width `width`.
+    pub fn load(w: &mut Weights<'_>, width: usize, eps: f64) -> Result<Self, LoadError> {
+        let weight = w.tensor("weight", &[width], Init::Ones)?;
+        Ok(Self::from_values(weight, eps, w.device()))
     }
 
     /// A norm with the given weights.
