@@ -9,7 +9,9 @@
 //! Plain `cargo bench` builds the release profile users run (`cargo run --release`); add
 //! `--profile dev` to reuse the test build instead (slower code; the run says which it is).
 //!
-//! Cases (each side of each case in its own process, so its peak resident memory is its own):
+//! Cases (each side of each case in its own process, so its peak resident memory is its own; the
+//! SeqTopK/TopK time ratio comes from a further process that alternates their steps, so that
+//! load from elsewhere on a shared machine falls on both alike):
 //! - (a) model step: OLMoE hidden 256, 4 layers, 16 experts of 128, K 4, vocab 4096, `[4, 512]`;
 //!   forward, next-token cross-entropy (the trainer's chunked LM-head loss) + 0.01 × load
 //!   balancing, backward (no optimiser).
@@ -390,8 +392,12 @@ fn compare(
         }
     }
     let mut summary = Vec::new();
-    if let [(_, topk), (_, seqtopk)] = ms[..] {
-        summary.push(format!("seqtopk/topk time {:.3}", seqtopk / topk));
+    match run_ours(&ours("pair")) {
+        Ok(r) => summary.push(format!(
+            "seqtopk/topk time {:.3} (steps alternated in one process)",
+            r["seqtopk_over_topk"].as_f64().unwrap_or(f64::NAN)
+        )),
+        Err(e) => println!("{case:<48} seqtopk (ours) paired: failed: {e:#}"),
     }
     if let Some((imp, t)) = &best {
         for (mode, m) in &ms {
@@ -490,37 +496,76 @@ impl Launches {
     }
 }
 
-/// Times `step` (which must leave the device idle) and measures faults and launches around it.
-fn measure(
-    warmup: usize,
-    steps: usize,
+/// Times `step(mode)` (which must leave the device idle) for the case's routing modes and
+/// measures faults and launches around it. With both modes (`"mode": "pair"`) the steps
+/// alternate in ABBA order, so that the machine's load falls on TopK and SeqTopK alike, and
+/// the result adds the median of the per-pair SeqTopK/TopK time ratios.
+fn timed(
+    spec: &Value,
     tokens: usize,
-    mut step: impl FnMut() -> Result<()>,
+    mut step: impl FnMut(RoutingMode) -> Result<()>,
 ) -> Result<Value> {
+    let (warmup, steps) = (usize_of(spec, "warmup")?, usize_of(spec, "steps")?);
+    let modes = modes_of(spec)?;
     for _ in 0..warmup {
-        step()?;
+        for &mode in &modes {
+            step(mode)?;
+        }
     }
     let launches = Arc::new(Launches::default());
     let (min0, maj0) = common::faults();
     let observing = LaunchObservation::new(launches.clone());
-    let mut times = Vec::new();
-    for _ in 0..steps {
-        let start = Instant::now();
-        step()?;
-        times.push(start.elapsed().as_secs_f64() * 1e3);
+    let mut times = vec![Vec::new(); modes.len()];
+    for s in 0..steps {
+        let order: Vec<usize> = match s % 2 {
+            0 => (0..modes.len()).collect(),
+            _ => (0..modes.len()).rev().collect(),
+        };
+        for i in order {
+            let start = Instant::now();
+            step(modes[i])?;
+            times[i].push(start.elapsed().as_secs_f64() * 1e3);
+        }
     }
     drop(observing);
     let (min1, maj1) = common::faults();
-    let n = steps as f64;
-    Ok(json!({
-        "median_ms": common::median(times.clone()),
-        "times_ms": times,
+    let n = (steps * modes.len()) as f64;
+    let mut out = json!({
         "tokens": tokens,
         "peak_mib": common::peak_mib(),
         "minflt_per_step": (min1 - min0) as f64 / n,
         "majflt_per_step": (maj1 - maj0) as f64 / n,
         "launches_per_step": launches.take() as f64 / n,
-    }))
+    });
+    for (mode, times) in modes.iter().zip(&times) {
+        out[mode_name(*mode)] = json!({
+            "median_ms": common::median(times.clone()),
+            "times_ms": times,
+        });
+    }
+    if let [topk, seqtopk] = &times[..] {
+        let ratios = topk.iter().zip(seqtopk).map(|(t, s)| s / t).collect();
+        out["seqtopk_over_topk"] = json!(common::median(ratios));
+    } else {
+        out["median_ms"] = out[mode_name(modes[0])]["median_ms"].clone();
+        out["times_ms"] = out[mode_name(modes[0])]["times_ms"].clone();
+    }
+    Ok(out)
+}
+
+/// The routing modes a case times: its `mode`, or both for `"pair"`.
+fn modes_of(spec: &Value) -> Result<Vec<RoutingMode>> {
+    Ok(match spec["mode"].as_str() {
+        Some("pair") => vec![RoutingMode::Topk, RoutingMode::Seqtopk],
+        _ => vec![mode_of(spec)?],
+    })
+}
+
+fn mode_name(mode: RoutingMode) -> &'static str {
+    match mode {
+        RoutingMode::Seqtopk => "seqtopk",
+        _ => "topk",
+    }
 }
 
 fn mode_of(spec: &Value) -> Result<RoutingMode> {
@@ -544,7 +589,6 @@ fn device_of(spec: &Value) -> Result<Device> {
 }
 
 fn run_case(spec: &Value) -> Result<Value> {
-    let (warmup, steps) = (usize_of(spec, "warmup")?, usize_of(spec, "steps")?);
     match spec["kind"].as_str() {
         Some("model") => {
             let (b, t) = (usize_of(spec, "batch")?, usize_of(spec, "seq")?);
@@ -552,11 +596,11 @@ fn run_case(spec: &Value) -> Result<Value> {
             let config = MoeTransformerConfig::from_json_str(&spec["config"].to_string(), "bench")?;
             let mut model = MoeTransformer::init(&config, 0, &device)?;
             let k = config.moe.as_ref().context("no MoE")?.num_experts_per_tok;
-            model.set_routing(&RouterConfig::new(mode_of(spec)?, k))?;
             let ids = tokens(b * t, config.vocab_size);
             let layout = TokenLayout::dense(b, t);
             let targets = next_token_targets(&ids, &layout);
-            measure(warmup, steps, b * t, || {
+            timed(spec, b * t, |mode| {
+                model.set_routing(&RouterConfig::new(mode, k))?;
                 // The trainer's loss path: the LM head and cross-entropy in row chunks.
                 let out = model.forward_hidden(&ids, &layout, &device)?;
                 let aux = load_balancing_loss(&out.router_outputs, &layout, LbConvention::Hf);
@@ -571,23 +615,32 @@ fn run_case(spec: &Value) -> Result<Value> {
         Some("trainer") => {
             let shapes = Shapes::new(spec["quick"].as_bool() == Some(true));
             let which = spec["which"].as_str().unwrap_or("tiny");
-            let mode = spec["mode"].as_str().unwrap_or("topk");
-            let recipe = trainer_recipe(which, mode, &shapes)?;
-            let tokens = recipe.batch.micro_batch_size * recipe.data.seq_len;
-            let mut trainer = Trainer::new(recipe)?;
-            measure(warmup, steps, tokens, || {
+            let mut trainers = Vec::new();
+            let mut tokens = 0;
+            for mode in modes_of(spec)? {
+                let recipe = trainer_recipe(which, mode_name(mode), &shapes)?;
+                tokens = recipe.batch.micro_batch_size * recipe.data.seq_len;
+                trainers.push((mode, Trainer::new(recipe)?));
+            }
+            timed(spec, tokens, |mode| {
+                let (_, trainer) = trainers
+                    .iter_mut()
+                    .find(|(m, _)| *m == mode)
+                    .context("no trainer for the mode")?;
                 let m = trainer.step_once()?;
                 anyhow::ensure!(m.tokens == tokens, "step had {} tokens", m.tokens);
                 Ok(())
             })
         }
         Some("layer") => {
-            let (moe_model, device) = one_layer_model(spec)?;
+            let (mut moe_model, device) = one_layer_model(spec)?;
             let (h, t) = (usize_of(spec, "hidden")?, usize_of(spec, "seq")?);
+            let k = usize_of(spec, "k")?;
             let layout = TokenLayout::dense(1, t);
             let x = Tensor::<3>::random([1, t, h], Distribution::Normal(0.0, 1.0), &device)
                 .require_grad();
-            measure(warmup, steps, t, || {
+            timed(spec, t, |mode| {
+                moe_model.set_routing(&RouterConfig::new(mode, k))?;
                 let (y, _) = moe_forward(&moe_model, x.clone(), &layout)?;
                 drop(y.mean().backward());
                 device.sync()?;
@@ -613,7 +666,7 @@ fn one_layer_model(spec: &Value) -> Result<(MoeTransformer, Device)> {
     });
     let config = MoeTransformerConfig::from_json_str(&config.to_string(), "bench")?;
     let mut model = MoeTransformer::init(&config, 0, &device)?;
-    model.set_routing(&RouterConfig::new(mode_of(spec)?, k))?;
+    model.set_routing(&RouterConfig::new(modes_of(spec)?[0], k))?;
     Ok((model, device))
 }
 
