@@ -196,6 +196,43 @@ pub fn safetensors_tensors(dir: &Path) -> Result<Vec<TensorInfo>, LoadError> {
     Ok(out)
 }
 
+/// The tensors of native checkpoint `dir`, as its burnpack file lists them.
+fn native_tensors(dir: &Path) -> Result<Vec<TensorInfo>, CheckpointError> {
+    let weights = native::weights_path(dir);
+    let mut store = BurnpackStore::from_file(&weights).auto_extension(false);
+    let all = store
+        .get_all_tensors()
+        .map_err(|e| CheckpointError::Corrupt {
+            path: weights.clone(),
+            message: format!("not a readable burnpack file: {e}"),
+        })?;
+    Ok(all
+        .values()
+        .map(|t| TensorInfo {
+            name: t.name.clone(),
+            dtype: format!("{:?}", t.dtype).to_lowercase(),
+            shape: t.shape.to_vec(),
+            file: native::WEIGHTS_FILE.into(),
+        })
+        .collect())
+}
+
+/// `config.json`'s `model_type`, the model it resolves to, or why it does not.
+fn read_config(path: &Path) -> (Option<String>, Option<ModelSummary>, Option<String>) {
+    let json = match read_json(path) {
+        Ok(json) => json,
+        Err(e) => return (None, None, Some(e.to_string())),
+    };
+    let model_type = json
+        .get("model_type")
+        .and_then(|m| m.as_str())
+        .map(String::from);
+    match MoeTransformerConfig::from_json_str(&json.to_string(), path) {
+        Ok(c) => (model_type, Some(summarise(&c)), None),
+        Err(e) => (model_type, None, Some(e.to_string())),
+    }
+}
+
 /// Inspects a checkpoint directory (HF or native) or a single `.safetensors` file.
 pub fn inspect(path: &Path) -> Result<Inspection, CheckpointError> {
     let load_err = |source| CheckpointError::Load {
@@ -211,28 +248,10 @@ pub fn inspect(path: &Path) -> Result<Inspection, CheckpointError> {
         let config = path.parent().map(|p| p.join("config.json"));
         ("safetensors-file".to_string(), tensors, None, config)
     } else if path.is_dir() && native::is_native(path) {
-        let manifest = native::read_manifest(path)?;
-        let weights = native::weights_path(path);
-        let mut store = BurnpackStore::from_file(&weights).auto_extension(false);
-        let all = store
-            .get_all_tensors()
-            .map_err(|e| CheckpointError::Corrupt {
-                path: weights.clone(),
-                message: format!("not a readable burnpack file: {e}"),
-            })?;
-        let tensors = all
-            .values()
-            .map(|t| TensorInfo {
-                name: t.name.clone(),
-                dtype: format!("{:?}", t.dtype).to_lowercase(),
-                shape: t.shape.to_vec(),
-                file: native::WEIGHTS_FILE.into(),
-            })
-            .collect();
         (
             CheckpointFormat::Native.name().to_string(),
-            tensors,
-            Some(manifest),
+            native_tensors(path)?,
+            Some(native::read_manifest(path)?),
             Some(path.join("config.json")),
         )
     } else if path.is_dir() {
@@ -248,22 +267,10 @@ pub fn inspect(path: &Path) -> Result<Inspection, CheckpointError> {
             path: path.to_path_buf(),
         });
     };
-    let (mut model_type, mut model, mut config_error) = (None, None, None);
-    if let Some(cp) = config_path.filter(|p| p.is_file()) {
-        match read_json(&cp) {
-            Ok(json) => {
-                model_type = json
-                    .get("model_type")
-                    .and_then(|m| m.as_str())
-                    .map(String::from);
-                match MoeTransformerConfig::from_json_str(&json.to_string(), &cp) {
-                    Ok(c) => model = Some(summarise(&c)),
-                    Err(e) => config_error = Some(e.to_string()),
-                }
-            }
-            Err(e) => config_error = Some(e.to_string()),
-        }
-    }
+    let (model_type, model, config_error) = match config_path.filter(|p| p.is_file()) {
+        Some(cp) => read_config(&cp),
+        None => (None, None, None),
+    };
     let mut dtypes = BTreeMap::new();
     for t in &tensors {
         *dtypes.entry(t.dtype.clone()).or_insert(0) += 1;

@@ -72,82 +72,64 @@ impl ChatTemplate {
         };
         match self.kind {
             ChatTemplateKind::Olmoe | ChatTemplateKind::Tulu => {
-                // {{ bos_token }}{% for message in messages %}
-                //   system: '<|system|>\n' + content + '\n'
-                //   user: '<|user|>\n' + content + '\n'
-                //   assistant: '<|assistant|>\n' + content + eos_token (+ '\n' unless loop.last)
-                //   {% if loop.last and add_generation_prompt %}'<|assistant|>\n'{% endif %}
-                if self.kind == ChatTemplateKind::Olmoe {
-                    r.push(OLMOE_BOS, false);
-                }
-                let n = messages.len();
-                for (i, m) in messages.iter().enumerate() {
-                    let last = i + 1 == n;
-                    match m.role {
-                        Role::System => {
-                            r.push("<|system|>\n", false);
-                            r.push(&m.content, false);
-                            r.push("\n", false);
-                        }
-                        Role::User => {
-                            r.push("<|user|>\n", false);
-                            r.push(&m.content, false);
-                            r.push("\n", false);
-                        }
-                        Role::Assistant => {
-                            r.push("<|assistant|>\n", false);
-                            r.push(&m.content, true);
-                            r.push(&self.eos, true);
-                            if !last {
-                                r.push("\n", false);
-                            }
-                        }
-                    }
-                    if last && add_generation_prompt {
-                        r.push("<|assistant|>\n", false);
-                    }
-                }
+                self.render_tulu(&mut r, messages, add_generation_prompt)
             }
-            ChatTemplateKind::Chatml => {
-                // Qwen2-Instruct: default system turn if the first message is not a system one,
-                // then '<|im_start|>' + role + '\n' + content + '<|im_end|>' + '\n' per message.
-                if messages.first().is_some_and(|m| m.role != Role::System) {
-                    r.push("<|im_start|>system\n", false);
-                    r.push(QWEN2_DEFAULT_SYSTEM, false);
-                    r.push("<|im_end|>\n", false);
-                }
-                for m in messages {
-                    let role = match m.role {
-                        Role::System => "system",
-                        Role::User => "user",
-                        Role::Assistant => "assistant",
-                    };
-                    r.push("<|im_start|>", false);
-                    r.push(role, false);
-                    r.push("\n", false);
-                    let answer = m.role == Role::Assistant;
-                    r.push(&m.content, answer);
-                    r.push(CHATML_END, answer);
-                    r.push("\n", false);
-                }
-                if add_generation_prompt {
-                    r.push("<|im_start|>assistant\n", false);
-                }
-            }
-            ChatTemplateKind::None => {
-                // Raw models: contents separated by a blank line, EOS after the last answer.
-                for (i, m) in messages.iter().enumerate() {
-                    if i > 0 {
-                        r.push("\n\n", false);
-                    }
-                    r.push(&m.content, m.role == Role::Assistant);
-                }
-                if messages.last().is_some_and(|m| m.role == Role::Assistant) {
-                    r.push(&self.eos, true);
-                }
-            }
+            ChatTemplateKind::Chatml => render_chatml(&mut r, messages, add_generation_prompt),
+            ChatTemplateKind::None => self.render_raw(&mut r, messages),
         }
         r
+    }
+
+    /// OLMoE-Instruct's template (Tulu's, after a BOS).
+    fn render_tulu(&self, r: &mut Rendered, messages: &[Message], add_generation_prompt: bool) {
+        // {{ bos_token }}{% for message in messages %}
+        //   system: '<|system|>\n' + content + '\n'
+        //   user: '<|user|>\n' + content + '\n'
+        //   assistant: '<|assistant|>\n' + content + eos_token (+ '\n' unless loop.last)
+        //   {% if loop.last and add_generation_prompt %}'<|assistant|>\n'{% endif %}
+        if self.kind == ChatTemplateKind::Olmoe {
+            r.push(OLMOE_BOS, false);
+        }
+        let n = messages.len();
+        for (i, m) in messages.iter().enumerate() {
+            let last = i + 1 == n;
+            match m.role {
+                Role::System => {
+                    r.push("<|system|>\n", false);
+                    r.push(&m.content, false);
+                    r.push("\n", false);
+                }
+                Role::User => {
+                    r.push("<|user|>\n", false);
+                    r.push(&m.content, false);
+                    r.push("\n", false);
+                }
+                Role::Assistant => {
+                    r.push("<|assistant|>\n", false);
+                    r.push(&m.content, true);
+                    r.push(&self.eos, true);
+                    if !last {
+                        r.push("\n", false);
+                    }
+                }
+            }
+            if last && add_generation_prompt {
+                r.push("<|assistant|>\n", false);
+            }
+        }
+    }
+
+    fn render_raw(&self, r: &mut Rendered, messages: &[Message]) {
+        // Raw models: contents separated by a blank line, EOS after the last answer.
+        for (i, m) in messages.iter().enumerate() {
+            if i > 0 {
+                r.push("\n\n", false);
+            }
+            r.push(&m.content, m.role == Role::Assistant);
+        }
+        if messages.last().is_some_and(|m| m.role == Role::Assistant) {
+            r.push(&self.eos, true);
+        }
     }
 
     /// Render a prompt/completion pair: a user turn and an assistant turn for chat templates, and
@@ -179,6 +161,34 @@ impl ChatTemplate {
                 false,
             ),
         }
+    }
+}
+
+/// Qwen2-Instruct's ChatML template.
+fn render_chatml(r: &mut Rendered, messages: &[Message], add_generation_prompt: bool) {
+    // Qwen2-Instruct: default system turn if the first message is not a system one,
+    // then '<|im_start|>' + role + '\n' + content + '<|im_end|>' + '\n' per message.
+    if messages.first().is_some_and(|m| m.role != Role::System) {
+        r.push("<|im_start|>system\n", false);
+        r.push(QWEN2_DEFAULT_SYSTEM, false);
+        r.push("<|im_end|>\n", false);
+    }
+    for m in messages {
+        let role = match m.role {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        };
+        r.push("<|im_start|>", false);
+        r.push(role, false);
+        r.push("\n", false);
+        let answer = m.role == Role::Assistant;
+        r.push(&m.content, answer);
+        r.push(CHATML_END, answer);
+        r.push("\n", false);
+    }
+    if add_generation_prompt {
+        r.push("<|im_start|>assistant\n", false);
     }
 }
 

@@ -280,7 +280,29 @@ impl Sandbox {
         let stdout = out.map(join_reader).unwrap_or_default();
         let stderr = err.map(join_reader).unwrap_or_default();
         let (exit_code, signal) = (status.code(), status.signal());
-        let outcome = if timed_out {
+        let outcome = self.classify(timed_out, &stderr, exit_code, signal, elapsed_s);
+        Ok(RunResult {
+            outcome,
+            exit_code,
+            signal,
+            stdout,
+            stderr,
+            elapsed_s,
+        })
+    }
+
+    /// What ended a run: the wall-clock timeout, a `MemoryError`, the CPU limit's signals (or a
+    /// SIGKILL once the hard CPU limit is passed), another signal, or the exit status.
+    fn classify(
+        &self,
+        timed_out: bool,
+        stderr: &str,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        elapsed_s: f64,
+    ) -> Outcome {
+        let c = &self.config;
+        if timed_out {
             Outcome::TimedOut
         } else if stderr.contains("MemoryError") {
             Outcome::MemoryLimit
@@ -297,15 +319,7 @@ impl Sandbox {
             Outcome::Passed
         } else {
             Outcome::Failed
-        };
-        Ok(RunResult {
-            outcome,
-            exit_code,
-            signal,
-            stdout,
-            stderr,
-            elapsed_s,
-        })
+        }
     }
 }
 

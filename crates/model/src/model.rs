@@ -394,6 +394,33 @@ impl MoeTransformer {
         }
     }
 
+    /// Ids and positions fill `layout`, ids are in the vocabulary, the batch is not empty.
+    fn check_inputs(
+        &self,
+        input_ids: &[u32],
+        layout: &TokenLayout,
+        positions: &[usize],
+    ) -> Result<(), ModelError> {
+        let (b, t) = (layout.batch(), layout.seq_len());
+        if input_ids.len() != b * t || positions.len() != b * t {
+            return Err(ModelError::Input(format!(
+                "layout is [{b}, {t}] but got {} ids and {} positions",
+                input_ids.len(),
+                positions.len()
+            )));
+        }
+        let vocab = self.config.vocab_size;
+        if let Some(&bad) = input_ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(ModelError::Input(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            )));
+        }
+        if b == 0 || t == 0 {
+            return Err(ModelError::Input("empty batch".into()));
+        }
+        Ok(())
+    }
+
     fn forward_hidden_with(
         &self,
         input_ids: &[u32],
@@ -405,22 +432,7 @@ impl MoeTransformer {
     ) -> Result<HiddenOutput, ModelError> {
         let (b, t) = (layout.batch(), layout.seq_len());
         let c = &self.config;
-        if input_ids.len() != b * t || positions.len() != b * t {
-            return Err(ModelError::Input(format!(
-                "layout is [{b}, {t}] but got {} ids and {} positions",
-                input_ids.len(),
-                positions.len()
-            )));
-        }
-        if let Some(&bad) = input_ids.iter().find(|&&id| id as usize >= c.vocab_size) {
-            return Err(ModelError::Input(format!(
-                "token id {bad} is outside the vocabulary of {}",
-                c.vocab_size
-            )));
-        }
-        if b == 0 || t == 0 {
-            return Err(ModelError::Input("empty batch".into()));
-        }
+        self.check_inputs(input_ids, layout, positions)?;
         let ids = Tensor::<2, Int>::from_data(
             TensorData::new(
                 input_ids.iter().map(|&i| i64::from(i)).collect::<Vec<_>>(),
@@ -445,17 +457,11 @@ impl MoeTransformer {
             };
             // An MoE layer without a router is refused by the layer.
             let routing = match (&layer.mlp, &self.router) {
-                (Ffn::Moe(_), Some(router)) => {
-                    let call = match (expert_cache, prompt_lens) {
-                        (Some(cache), _) if cache.is_empty() => RouteCall::Prefill(cache),
-                        (Some(cache), _) => RouteCall::Decode(cache),
-                        (None, Some(lens)) if router.mode() == RoutingMode::OnlineSeqtopk => {
-                            RouteCall::Prompted(lens)
-                        }
-                        (None, _) => RouteCall::Full,
-                    };
-                    Some((router, layout, call))
-                }
+                (Ffn::Moe(_), Some(router)) => Some((
+                    router,
+                    layout,
+                    route_call(router, expert_cache, prompt_lens),
+                )),
                 _ => None,
             };
             let (h, out) = layer.forward(hidden, &cos, &sin, &mask, kv, routing)?;
@@ -477,6 +483,24 @@ impl MoeTransformer {
             router_outputs,
             moe_layers,
         })
+    }
+}
+
+/// How an MoE layer asks the router for its plan: from the layer's expert cache when generating
+/// (prefill when empty, else a decode step), as generation would for prompted online SeqTopK,
+/// else over whole sequences.
+fn route_call<'a>(
+    router: &Router,
+    expert_cache: Option<&'a mut ExpertCache>,
+    prompt_lens: Option<&'a [usize]>,
+) -> RouteCall<'a> {
+    match (expert_cache, prompt_lens) {
+        (Some(cache), _) if cache.is_empty() => RouteCall::Prefill(cache),
+        (Some(cache), _) => RouteCall::Decode(cache),
+        (None, Some(lens)) if router.mode() == RoutingMode::OnlineSeqtopk => {
+            RouteCall::Prompted(lens)
+        }
+        (None, _) => RouteCall::Full,
     }
 }
 

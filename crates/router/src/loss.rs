@@ -67,32 +67,15 @@ pub fn load_balancing_loss(
             probs,
             IndexingUpdateOp::Add,
         );
-        let mut w = vec![0.0f64; s * e];
-        match convention {
-            LbConvention::Hf => {
-                for (i, wi) in w.iter_mut().enumerate() {
-                    *wi = e as f64 * pooled[i % e] / (layers * nv as f64);
-                }
-            }
-            LbConvention::Normalized => {
-                let mut per_expert = vec![0.0; e];
-                for (i, &c) in out.balance_counts.iter().enumerate() {
-                    per_expert[i % e] += f64::from(c);
-                }
-                for (i, wi) in w.iter_mut().enumerate() {
-                    *wi = e as f64 / k * per_expert[i % e] / (nv as f64).powi(2) / layers;
-                }
-            }
-            LbConvention::Sequence => {
-                for (i, wi) in w.iter_mut().enumerate() {
-                    let n = doc_len[i / e];
-                    *wi = e as f64 / k * f64::from(out.balance_counts[i])
-                        / (n * n)
-                        / (s as f64 * layers);
-                }
-            }
-            LbConvention::None => unreachable!("handled above"),
-        }
+        let w = layer_weights(
+            convention,
+            &out.balance_counts,
+            &pooled,
+            &doc_len,
+            e,
+            k,
+            layers,
+        );
         let w = Tensor::<2>::from_data(TensorData::new(w, [s, e]), (&device, dtype));
         let layer = (w * seg_sum).sum();
         total = Some(match total {
@@ -101,6 +84,47 @@ pub fn load_balancing_loss(
         });
     }
     total.expect("at least one layer")
+}
+
+/// One layer's weights `[S, E]` on its per-document expert probability sums: the pooled
+/// fractions (`Hf`), this layer's fractions (`Normalized`) or each document's own
+/// (`Sequence`), scaled so that the sum is the convention's loss.
+fn layer_weights(
+    convention: LbConvention,
+    counts: &[u32],
+    pooled: &[f64],
+    doc_len: &[f64],
+    e: usize,
+    k: f64,
+    layers: f64,
+) -> Vec<f64> {
+    let s = doc_len.len();
+    let nv: f64 = doc_len.iter().sum();
+    let mut w = vec![0.0f64; s * e];
+    match convention {
+        LbConvention::Hf => {
+            for (i, wi) in w.iter_mut().enumerate() {
+                *wi = e as f64 * pooled[i % e] / (layers * nv);
+            }
+        }
+        LbConvention::Normalized => {
+            let mut per_expert = vec![0.0; e];
+            for (i, &c) in counts.iter().enumerate() {
+                per_expert[i % e] += f64::from(c);
+            }
+            for (i, wi) in w.iter_mut().enumerate() {
+                *wi = e as f64 / k * per_expert[i % e] / nv.powi(2) / layers;
+            }
+        }
+        LbConvention::Sequence => {
+            for (i, wi) in w.iter_mut().enumerate() {
+                let n = doc_len[i / e];
+                *wi = e as f64 / k * f64::from(counts[i]) / (n * n) / (s as f64 * layers);
+            }
+        }
+        LbConvention::None => {}
+    }
+    w
 }
 
 /// Router z-loss (ST-MoE): mean over valid tokens of `logsumexp(logits)²`, averaged over layers
