@@ -109,18 +109,17 @@ pub fn estimate(
     let acts = Activations::new(config, shape);
     let layers: f64 = config.layers.iter().map(|ffn| acts.layer(ffn)).sum();
     let head = acts.head();
-    let activations = match shape.recompute {
-        Recompute::None => layers + head,
-        // Burn's balanced strategy keeps compute-bound outputs (matmuls, the fused softmax) and
-        // recomputes the memory-bound ones from them: of each layer's softmax only the raw
-        // scores (or the fused op's probabilities) stay.
-        Recompute::Balanced => acts.balanced(layers) + head,
-    };
-    // Backward of the last layer's softmax holds the gradients of its probabilities, of the
-    // exponentials and of the scores at once; recomputing a half-precision softmax adds the f32
-    // copy of the scores it starts from.
+    let activations = layers + head;
+    // Backward of the last layer's decomposed softmax holds the gradients of its probabilities,
+    // of the exponentials and of the scores at once; the fused backward holds one gradient
+    // beyond what the layer's already-freed activations gave back (measured). Recomputing a
+    // half-precision attention adds an f32 score-sized tensor in both.
     let recomputed = shape.half && shape.recompute == Recompute::Balanced;
-    let backward = (3.0 + f64::from(u8::from(recomputed))) * acts.scores_bytes();
+    let held = match shape.fused_softmax {
+        true => 1.0,
+        false => 3.0,
+    } + f64::from(u8::from(recomputed));
+    let backward = held * acts.scores_bytes();
     MemoryEstimate {
         weights: budget.weight_bytes(shape.half),
         optimizer: budget.state_bytes(shape.half) - budget.weight_bytes(shape.half),
@@ -173,9 +172,8 @@ impl<'a> Activations<'a> {
     }
 
     /// Attention: q and k keep their projection, rotated half and rotary output; v its
-    /// projection; GQA materialises repeated k and v; the softmax keeps its f32 exponentials
-    /// (the fused one its f32 probabilities) and the probabilities `p·v` multiplies; the merged
-    /// heads feed `o_proj`; the mask is one byte per score.
+    /// projection; GQA materialises repeated k and v; the softmax what [`Self::softmax_kept`]
+    /// says; the merged heads feed `o_proj`; the mask is one byte per score.
     fn attention(&self) -> f64 {
         let c = self.c;
         let (q, kv) = c.attention_widths();
@@ -194,15 +192,22 @@ impl<'a> Activations<'a> {
             bytes += self.n * (q + 2.0 * kv) * self.a;
         }
         let s = self.score_elements();
-        bytes + s * (F32 + self.probabilities()) + s / c.num_attention_heads as f64
+        bytes + s * self.softmax_kept() + s / c.num_attention_heads as f64
     }
 
-    /// Bytes per score of the probabilities `p·v` multiplies besides the softmax's own f32
-    /// state: the decomposed softmax's output, or the fused one's half-precision cast.
-    fn probabilities(&self) -> f64 {
-        match (self.shape.fused_softmax, self.shape.half) {
-            (true, false) => 0.0,
-            _ => self.a,
+    /// Bytes per attention score the softmax leaves for backward. Burn's balanced strategy keeps
+    /// compute-bound outputs (matmuls, the fused softmax) and recomputes memory-bound ones from
+    /// them: of the decomposed softmax only the raw scores stay; the fused op keeps its f32
+    /// probabilities, and the raw scores stay too (the scaling and masking between them are
+    /// memory-bound). Without recomputation the decomposed softmax keeps its f32 exponentials
+    /// and its probabilities, the fused one its probabilities and their half-precision cast.
+    fn softmax_kept(&self) -> f64 {
+        let half = if self.shape.half { self.a } else { 0.0 };
+        match (self.shape.fused_softmax, self.shape.recompute) {
+            (false, Recompute::None) => F32 + self.a,
+            (false, Recompute::Balanced) => self.a,
+            (true, Recompute::None) => F32 + half,
+            (true, Recompute::Balanced) => F32 + self.a,
         }
     }
 
@@ -255,20 +260,6 @@ impl<'a> Activations<'a> {
     fn layer(&self, ffn: &FfnKind) -> f64 {
         let h = self.c.hidden_size;
         2.0 * self.norm(h) + self.attention() + self.ffn(ffn) + self.lora_weights()
-    }
-
-    /// Under balanced recomputation each layer keeps its raw scores (a matmul's output) in
-    /// place of the softmax's exponentials and probabilities, which backward recomputes (the
-    /// fused softmax keeps its f32 probabilities and recomputes their half-precision cast); the
-    /// other element-wise intermediates are small next to them and counted as kept.
-    fn balanced(&self, layers: f64) -> f64 {
-        let l = self.c.num_hidden_layers() as f64;
-        let s = self.score_elements();
-        let dropped = match self.shape.fused_softmax {
-            true => self.probabilities(),
-            false => F32,
-        };
-        layers - l * s * dropped
     }
 
     /// The final norm, and the loss's kept operands: the scored hidden states and their
