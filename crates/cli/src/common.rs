@@ -26,6 +26,35 @@ pub fn init_logging(filter: &str) {
 }
 
 /// Whether a native checkpoint's files are checked against its manifest before use.
+/// The options of every command that runs a checkpoint (`eval loss`, `eval tasks`, `generate`):
+/// how it routes, where it runs, whether it is verified, the dtype it computes in.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    #[command(flatten)]
+    pub router: RouterArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    #[command(flatten)]
+    pub verify: VerifyArgs,
+    #[command(flatten)]
+    pub precision: PrecisionArgs,
+}
+
+impl ModelArgs {
+    /// Loads `dir` on `device` ([`VerifyArgs::load`]) with the router the options ask for
+    /// applied and logged; returns the checkpoint and the routing as JSON.
+    pub fn load_routed(
+        &self,
+        dir: &Path,
+        device: &Device,
+    ) -> Result<(seqtopk_checkpoint::LoadedCheckpoint, Value)> {
+        let mut loaded = self.verify.load(dir, device, &self.precision)?;
+        let router = apply_router(&mut loaded.model, &self.router)?;
+        log_routing(&router, loaded.routing.is_some(), &self.router);
+        Ok((loaded, router))
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct VerifyArgs {
     /// Skip the SHA-256 check of a native checkpoint's files against its manifest (sizes are
@@ -223,7 +252,7 @@ pub fn read_id_rows(path: &Path, vocab_size: usize) -> Result<Vec<Vec<u32>>> {
 
 /// Applies `--router …` overrides to `model` and describes the routing in effect (`null` for a
 /// dense model).
-pub fn apply_router(model: &mut MoeTransformer, args: &RouterArgs) -> Result<Value> {
+fn apply_router(model: &mut MoeTransformer, args: &RouterArgs) -> Result<Value> {
     let checkpoint_k = model.config().moe.as_ref().map(|m| m.num_experts_per_tok);
     if let Some(config) = args.resolve(checkpoint_k)? {
         if checkpoint_k.is_none() {
@@ -267,7 +296,7 @@ pub fn is_causal(mode: RoutingMode) -> bool {
 
 /// Says which routing is in effect and where it comes from (a SeqTopK-trained checkpoint is
 /// evaluated with SeqTopK unless told otherwise; the user should see which).
-pub fn log_routing(router: &Value, recorded: bool, args: &RouterArgs) {
+fn log_routing(router: &Value, recorded: bool, args: &RouterArgs) {
     if router.is_null() {
         return;
     }

@@ -11,10 +11,7 @@ use seqtopk_model::{MoeTransformer, causal_lm_loss};
 use seqtopk_router::TokenLayout;
 use serde_json::json;
 
-use crate::common::{
-    DeviceArgs, PrecisionArgs, RouterArgs, VerifyArgs, apply_router, is_causal, log_routing,
-    read_id_rows,
-};
+use crate::common::{ModelArgs, is_causal, read_id_rows};
 
 /// Arguments of `seqtopk eval loss`.
 #[derive(Debug, Args)]
@@ -34,19 +31,13 @@ pub struct LossArgs {
     #[arg(long)]
     pub dump_logits: Option<PathBuf>,
     #[command(flatten)]
-    pub router: RouterArgs,
-    #[command(flatten)]
-    pub device: DeviceArgs,
-    #[command(flatten)]
-    pub verify: VerifyArgs,
-    #[command(flatten)]
-    pub precision: PrecisionArgs,
+    pub model: ModelArgs,
 }
 
 /// Runs `eval loss`: prints one JSON object with the loss, the number of scored tokens and the
 /// routing used.
 pub fn run(args: LossArgs) -> Result<()> {
-    let device = args.device.device()?;
+    let device = args.model.device.device()?;
     if let Some(out) = &args.dump_logits
         && out.exists()
     {
@@ -55,12 +46,8 @@ pub fn run(args: LossArgs) -> Result<()> {
             out.display()
         );
     }
-    let loaded = args
-        .verify
-        .load(&args.checkpoint, &device, &args.precision)?;
-    let mut model = loaded.model;
-    let router = apply_router(&mut model, &args.router)?;
-    log_routing(&router, loaded.routing.is_some(), &args.router);
+    let (loaded, router) = args.model.load_routed(&args.checkpoint, &device)?;
+    let model = loaded.model;
     let vocab = model.config().vocab_size;
     let rows = read_id_rows(&args.input_ids, vocab)?;
     let batch_size = args.batch_size.unwrap_or(rows.len());

@@ -11,7 +11,7 @@ use seqtopk_eval::{
 };
 use seqtopk_router::{RouterConfig, RoutingMode};
 
-use crate::common::{DeviceArgs, PrecisionArgs, RouterArgs, VerifyArgs};
+use crate::common::ModelArgs;
 
 /// Task evaluation options (boxed: they are many, and `eval loss` shares the enum).
 #[derive(Debug, Args)]
@@ -75,13 +75,7 @@ struct TaskOptions {
     #[arg(long)]
     no_items: bool,
     #[command(flatten)]
-    router: RouterArgs,
-    #[command(flatten)]
-    device: DeviceArgs,
-    #[command(flatten)]
-    verify: VerifyArgs,
-    #[command(flatten)]
-    precision: PrecisionArgs,
+    model: ModelArgs,
 }
 
 fn parse_template(s: &str) -> Result<ChatTemplateKind, String> {
@@ -193,8 +187,11 @@ pub fn run(args: TaskArgs) -> Result<()> {
     check_output(&args.out, args.overwrite, "--out")?;
     check_output(&args.markdown, args.overwrite, "--markdown")?;
 
-    let device = args.device.device()?;
-    let mut loaded = args.verify.load(&checkpoint, &device, &args.precision)?;
+    let device = args.model.device.device()?;
+    let mut loaded = args
+        .model
+        .verify
+        .load(&checkpoint, &device, &args.model.precision)?;
     let tokenizer_path = loaded.tokenizer.clone().with_context(|| {
         format!(
             "checkpoint {} has no tokenizer.json beside its weights: copy the tokenizer the model was trained with there (for OLMoE: data/samples/tokenizers/olmoe/tokenizer.json)",
@@ -267,7 +264,9 @@ fn check_options(args: &TaskOptions) -> Result<()> {
     if let Some(m) = args.max_length {
         ensure!(m >= 2, "--max-length must be at least 2");
     }
-    if args.compare.is_some() && (args.router.router.is_some() || args.router.k.is_some()) {
+    if args.compare.is_some()
+        && (args.model.router.router.is_some() || args.model.router.k.is_some())
+    {
         bail!("--compare lists the router settings itself: drop --router / --k");
     }
     Ok(())
@@ -311,7 +310,7 @@ fn routing_runs(
                 let k = k.or(checkpoint_k).with_context(|| {
                     format!("--compare entry `{mode}` needs a K: the checkpoint has no MoE layers")
                 })?;
-                let mut config = args.router.config(mode, k);
+                let mut config = args.model.router.config(mode, k);
                 // One `--online-budget` serves the online entry of the list only.
                 if mode != RoutingMode::OnlineSeqtopk {
                     config.online_budget = None;
@@ -320,7 +319,7 @@ fn routing_runs(
             })
             .collect();
     }
-    if let Some(config) = args.router.resolve(checkpoint_k)? {
+    if let Some(config) = args.model.router.resolve(checkpoint_k)? {
         return Ok(vec![(config.mode, Some(config.top_k), Some(config))]);
     }
     let own = loaded

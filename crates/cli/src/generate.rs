@@ -10,9 +10,7 @@ use seqtopk_model::{FinishReason, GenerationConfig, MoeTransformer};
 use serde_json::{Value, json};
 use tokenizers::Tokenizer;
 
-use crate::common::{
-    DeviceArgs, PrecisionArgs, RouterArgs, VerifyArgs, apply_router, log_routing, read_id_rows,
-};
+use crate::common::{ModelArgs, read_id_rows};
 
 /// Arguments of `seqtopk generate`.
 #[derive(Debug, Args)]
@@ -55,13 +53,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub no_special_tokens: bool,
     #[command(flatten)]
-    pub router: RouterArgs,
-    #[command(flatten)]
-    pub device: DeviceArgs,
-    #[command(flatten)]
-    pub verify: VerifyArgs,
-    #[command(flatten)]
-    pub precision: PrecisionArgs,
+    pub model: ModelArgs,
 }
 
 /// A prompt as given and as token ids.
@@ -79,13 +71,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if !has_text && args.input_ids.is_none() {
         bail!("nothing to generate from: pass --prompt TEXT, --prompts FILE or --input-ids FILE");
     }
-    let device = args.device.device()?;
-    let loaded = args
-        .verify
-        .load(&args.checkpoint, &device, &args.precision)?;
-    let mut model = loaded.model;
-    let router = apply_router(&mut model, &args.router)?;
-    log_routing(&router, loaded.routing.is_some(), &args.router);
+    let device = args.model.device.device()?;
+    let (loaded, _) = args.model.load_routed(&args.checkpoint, &device)?;
+    let model = loaded.model;
     let tokenizer = match &loaded.tokenizer {
         Some(path) => Some(load_tokenizer(path, model.config().vocab_size)?),
         None => None,

@@ -10,7 +10,7 @@ use crate::hf_keys::ATTENTION;
 use crate::lora::linear_forward;
 use crate::norm::RmsNorm;
 use crate::rope;
-use crate::softmax::softmax_last;
+use crate::softmax::attention_probs;
 use crate::weights::Weights;
 
 /// Keys and values of past positions for one layer, after RoPE and before the GQA repeat.
@@ -212,15 +212,17 @@ fn attend(
 ) -> Tensor<4> {
     let [b, nh, _, d] = q.dims();
     let dtype = q.dtype();
-    let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (d as f64).sqrt());
-    let scores = if dtype == DType::F32 || dtype == DType::F64 {
-        scores
+    let scores = q.matmul(k.swap_dims(2, 3));
+    let scale = 1.0 / (d as f64).sqrt();
+    // Half precision scales before the cast to f32, as HF does.
+    let (scores, scale) = if dtype == DType::F32 || dtype == DType::F64 {
+        (scores, scale)
     } else {
-        scores.cast(DType::F32)
+        ((scores * scale).cast(DType::F32), 1.0)
     };
     let [_, _, tq, tk] = scores.dims();
-    let scores = scores.mask_fill(masked.clone().expand([b, nh, tq, tk]), fill);
-    let probs = softmax_last(scores);
+    let masked = masked.clone().expand([b, nh, tq, tk]);
+    let probs = attention_probs(scores, masked, fill, scale);
     let probs = if probs.dtype() == dtype {
         probs
     } else {

@@ -47,5 +47,5 @@ pub use model::{
 pub use moe::{RouteCall, SparseMoe};
 pub use norm::RmsNorm;
 pub use objective::{TargetNll, causal_lm_loss, loss_chunk_rows, next_token_targets};
-pub use softmax::softmax_last;
+pub use softmax::attention_probs;
 pub use weights::{Init, SeededInit, WeightSource, transpose};

@@ -197,17 +197,16 @@ impl<'a> Activations<'a> {
 
     /// Bytes per attention score the softmax leaves for backward. Burn's balanced strategy keeps
     /// compute-bound outputs (matmuls, the fused softmax) and recomputes memory-bound ones from
-    /// them: of the decomposed softmax only the raw scores stay; the fused op keeps its f32
-    /// probabilities, and the raw scores stay too (the scaling and masking between them are
-    /// memory-bound). Without recomputation the decomposed softmax keeps its f32 exponentials
-    /// and its probabilities, the fused one its probabilities and their half-precision cast.
+    /// them: of the decomposed softmax only the raw scores stay. Without recomputation it keeps
+    /// its f32 exponentials and its probabilities. The fused op keeps its f32 probabilities;
+    /// in half precision the scaled, cast scores before it and the cast probabilities after it
+    /// keep one more half-precision tensor either way.
     fn softmax_kept(&self) -> f64 {
         let half = if self.shape.half { self.a } else { 0.0 };
         match (self.shape.fused_softmax, self.shape.recompute) {
             (false, Recompute::None) => F32 + self.a,
             (false, Recompute::Balanced) => self.a,
-            (true, Recompute::None) => F32 + half,
-            (true, Recompute::Balanced) => F32 + self.a,
+            (true, _) => F32 + half,
         }
     }
 
