@@ -43,8 +43,9 @@ pub struct StepShape {
     /// Whether the LM head trains (not under LoRA unless `modules_to_save` names it): the loss
     /// then keeps its weight gradient from the forward pass.
     pub head_trains: bool,
-    /// Whether attention's softmax is the CPU backend's fused op (`seqtopk_model::softmax_last`),
-    /// which keeps only its f32 probabilities; GPU backends run Burn's decomposed softmax.
+    /// Whether attention's softmax is the CPU backend's fused op
+    /// (`seqtopk_model::attention_probs`), which keeps only its f32 probabilities; GPU backends
+    /// run Burn's decomposed softmax.
     pub fused_softmax: bool,
 }
 
