@@ -541,7 +541,7 @@ fn timed(
         "launches_per_step": launches.take() as f64 / n,
     });
     for (mode, times) in modes.iter().zip(&times) {
-        out[mode_name(*mode)] = json!({
+        out[mode.name()] = json!({
             "median_ms": common::median(times.clone()),
             "times_ms": times,
         });
@@ -550,8 +550,8 @@ fn timed(
         let ratios = topk.iter().zip(seqtopk).map(|(t, s)| s / t).collect();
         out["seqtopk_over_topk"] = json!(common::median(ratios));
     } else {
-        out["median_ms"] = out[mode_name(modes[0])]["median_ms"].clone();
-        out["times_ms"] = out[mode_name(modes[0])]["times_ms"].clone();
+        out["median_ms"] = out[modes[0].name()]["median_ms"].clone();
+        out["times_ms"] = out[modes[0].name()]["times_ms"].clone();
     }
     Ok(out)
 }
@@ -562,13 +562,6 @@ fn modes_of(spec: &Value) -> Result<Vec<RoutingMode>> {
         Some("pair") => vec![RoutingMode::Topk, RoutingMode::Seqtopk],
         _ => vec![mode_of(spec)?],
     })
-}
-
-fn mode_name(mode: RoutingMode) -> &'static str {
-    match mode {
-        RoutingMode::Seqtopk => "seqtopk",
-        _ => "topk",
-    }
 }
 
 fn mode_of(spec: &Value) -> Result<RoutingMode> {
@@ -621,7 +614,7 @@ fn run_case(spec: &Value) -> Result<Value> {
             let mut trainers = Vec::new();
             let mut tokens = 0;
             for mode in modes_of(spec)? {
-                let recipe = trainer_recipe(which, mode_name(mode), &shapes)?;
+                let recipe = trainer_recipe(which, mode.name(), &shapes)?;
                 tokens = recipe.batch.micro_batch_size * recipe.data.seq_len;
                 trainers.push((mode, Trainer::new(recipe)?));
             }
