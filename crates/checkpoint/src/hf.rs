@@ -12,9 +12,10 @@ use seqtopk_model::hf_keys::{self, ATTENTION, MoeKeys, SWIGLU};
 use seqtopk_model::{Family, Ffn, MoeTransformer, SparseMoe, SwiGlu, transpose};
 use serde_json::Value;
 
+use crate::CheckpointError;
 use crate::dtype::StorageDtype;
+use crate::files::{copy_tokenizer_files, write_json};
 use crate::staging::Staging;
-use crate::{CheckpointError, copy_tokenizer_files, write_json};
 
 /// One tensor in HF layout (`[out, in]` projections), f32 values row-major.
 #[derive(Debug, Clone, PartialEq)]

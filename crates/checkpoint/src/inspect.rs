@@ -9,8 +9,9 @@ use burn::store::{BurnpackStore, ModuleStore};
 use seqtopk_model::{FfnKind, LoadError, MoeTransformerConfig, weight_files};
 use serde::Serialize;
 
+use crate::files::read_json;
 use crate::native::{self, Manifest};
-use crate::{CheckpointError, CheckpointFormat, read_json};
+use crate::{CheckpointError, CheckpointFormat};
 
 /// One stored tensor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

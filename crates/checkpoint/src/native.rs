@@ -20,10 +20,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::CheckpointError;
 use crate::dtype::StorageDtype;
+use crate::files::{copy_tokenizer_files, write_json};
 use crate::hf::config_for_dtype;
 use crate::staging::Staging;
-use crate::{CheckpointError, copy_tokenizer_files, write_json};
 
 /// `format` value of a native manifest.
 pub const NATIVE_FORMAT: &str = "seqtopk-native";
@@ -178,7 +179,7 @@ pub fn save_native(
 /// Reads and validates `manifest.json` of a native checkpoint.
 pub fn read_manifest(dir: &Path) -> Result<Manifest, CheckpointError> {
     let path = dir.join(MANIFEST_FILE);
-    let value = crate::read_json(&path)?;
+    let value = crate::files::read_json(&path)?;
     let manifest: Manifest =
         serde_json::from_value(value).map_err(|e| CheckpointError::Manifest {
             path: path.clone(),

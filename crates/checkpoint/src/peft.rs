@@ -21,9 +21,10 @@ use seqtopk_model::{
 };
 use serde_json::{Value, json};
 
+use crate::files::{read_json, write_json};
 use crate::hf::HfTensor;
 use crate::staging::Staging;
-use crate::{CheckpointError, StorageDtype, read_json, write_json};
+use crate::{CheckpointError, StorageDtype};
 
 /// The adapter's configuration file.
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
