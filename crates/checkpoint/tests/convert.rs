@@ -14,7 +14,7 @@ use seqtopk_checkpoint::{
 use seqtopk_model::{Ffn, LoadError, MoeTransformer};
 use seqtopk_router::TokenLayout;
 
-use crate::support::{fixture, scratch};
+use crate::support::{all_logits, fixture, scratch};
 
 const FIXTURES: [&str; 8] = [
     "llama-tiny",
@@ -61,14 +61,8 @@ fn logits(model: &MoeTransformer, device: &Device) -> Vec<f32> {
     let vocab = model.config().vocab_size;
     let ids: Vec<u32> = (0..2 * 9).map(|i| (i * 37 + 11) % vocab as u32).collect();
     let layout = TokenLayout::from_lengths(9, &[9, 6]).unwrap();
-    let all = model
-        .forward(&ids, &layout, device)
-        .unwrap()
-        .logits
-        .into_data()
-        .try_into_vec_as::<f32>()
-        .unwrap();
-    all.chunks(vocab)
+    all_logits(model, &ids, &layout, device)
+        .chunks(vocab)
         .zip(layout.valid())
         .filter(|&(_, &valid)| valid)
         .flat_map(|(row, _)| row.iter().copied())

@@ -15,7 +15,7 @@ use seqtopk_checkpoint::{CheckpointError, load};
 use seqtopk_model::{MoeTransformer, MoeTransformerConfig};
 use seqtopk_router::TokenLayout;
 
-use crate::support::{self, fixture};
+use crate::support::{self, all_logits, fixture};
 
 /// (base, adapter) fixtures: an adapter per family with listed targets, and two whose
 /// `target_modules` is a regex (OLMoE's, which PEFT widens to the matched modules' last path
@@ -73,13 +73,7 @@ fn logit_error(model: &MoeTransformer, golden_dir: &Path, key: &str, device: &De
     let valid: Vec<bool> = mask.iter().map(|&m| m == 1).collect();
     let layout = TokenLayout::new(shape[0], shape[1], valid.clone(), vec![0; ids.len()]).unwrap();
     let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
-    let ours = model
-        .forward(&ids, &layout, device)
-        .unwrap()
-        .logits
-        .into_data()
-        .try_into_vec_as::<f32>()
-        .unwrap();
+    let ours = all_logits(model, &ids, &layout, device);
     let theirs = &tensors(&golden)[key].1;
     let vocab = model.config().vocab_size;
     ours.chunks(vocab)

@@ -2,6 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::tensor::Device;
+use seqtopk_model::MoeTransformer;
+use seqtopk_router::TokenLayout;
+
 /// The committed fixture `checkpoints/fixtures/<name>`.
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -16,4 +20,20 @@ pub fn scratch(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// `model`'s logits `[B·T, V]` (row-major, padding rows included) for `ids` under `layout`.
+pub fn all_logits(
+    model: &MoeTransformer,
+    ids: &[u32],
+    layout: &TokenLayout,
+    device: &Device,
+) -> Vec<f32> {
+    model
+        .forward(ids, layout, device)
+        .unwrap()
+        .logits
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .unwrap()
 }
