@@ -17,40 +17,33 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// The arguments of `seqtopk convert import --hf src --out out extra…`.
+fn import<'a>(src: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    [
+        &["convert", "import", "--hf", s(src), "--out", s(out)],
+        extra,
+    ]
+    .concat()
+}
+
 /// import → inspect → compare → export → compare on an MoE fixture, with the `--force` rule.
 #[test]
 fn import_export_compare_inspect() {
     let root = scratch("roundtrip");
     let src = fixture("qwen2_moe-tiny-sharded");
     let native = root.join("native");
-    let r = ok_json(&seqtopk(&[
-        "convert",
-        "import",
-        "--hf",
-        s(&src),
-        "--out",
-        s(&native),
-    ]));
+    let r = ok_json(&seqtopk(&import(&src, &native, &[])));
     assert_eq!(r["family"], "qwen2_moe");
     assert_eq!(r["dtype"], "f32");
     assert!(native.join("manifest.json").is_file());
 
     // Existing output: refused, then replaced with --force.
-    fails_with(
-        &["convert", "import", "--hf", s(&src), "--out", s(&native)],
-        &["already exists", "--force"],
-    );
-    let r = ok_json(&seqtopk(&[
-        "convert",
-        "import",
-        "--hf",
-        s(&src),
-        "--out",
-        s(&native),
-        "--dtype",
-        "bf16",
-        "--force",
-    ]));
+    fails_with(&import(&src, &native, &[]), &["already exists", "--force"]);
+    let r = ok_json(&seqtopk(&import(
+        &src,
+        &native,
+        &["--dtype", "bf16", "--force"],
+    )));
     assert_eq!(r["dtype"], "bf16");
 
     let out = seqtopk(&["convert", "inspect", s(&native), "--verify"]);
@@ -173,7 +166,7 @@ fn refusals() {
     std::fs::write(quant.join("config.json"), config.to_string()).unwrap();
     let out = root.join("out");
     fails_with(
-        &["convert", "import", "--hf", s(&quant), "--out", s(&out)],
+        &import(&quant, &out, &[]),
         &["quantised", "awq", "config.json"],
     );
     let bytes = std::fs::read(quant.join("model.safetensors")).unwrap();

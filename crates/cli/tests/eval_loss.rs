@@ -3,10 +3,25 @@
 #![allow(missing_docs)]
 
 use std::path::{Path, PathBuf};
+use std::process::Output;
 
 use crate::support::{f32s, failure, fixture, i64s, ok_json, scratch, seqtopk};
 use safetensors::SafeTensors;
 use serde_json::Value;
+
+/// `seqtopk eval loss --checkpoint ckpt --input-ids ids extra…`: the run every test here makes.
+fn eval_loss(ckpt: &Path, ids: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "eval",
+        "loss",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--input-ids",
+        ids.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    seqtopk(&args)
+}
 
 /// HF's unpadded rows of the golden batch, written as `ids.json` in `dir`; and HF's loss.
 fn golden_rows(name: &str, dir: &Path) -> (PathBuf, Vec<Vec<i64>>, f64) {
@@ -43,14 +58,7 @@ fn loss_equals_hf_on_every_family() {
     ] {
         let (ids, _, want) = golden_rows(name, &dir);
         let ckpt = fixture(name);
-        let report = ok_json(&seqtopk(&[
-            "eval",
-            "loss",
-            "--checkpoint",
-            ckpt.to_str().unwrap(),
-            "--input-ids",
-            ids.to_str().unwrap(),
-        ]));
+        let report = ok_json(&eval_loss(&ckpt, &ids, &[]));
         let loss = report["loss"].as_f64().unwrap();
         assert!(
             (loss - want).abs() <= 1e-5,
@@ -74,18 +82,11 @@ fn dumped_logits_equal_hf_and_batching_keeps_the_loss() {
     let (ids, rows, want) = golden_rows(name, &dir);
     let ckpt = fixture(name);
     let dump = dir.join("logits.safetensors");
-    let report = ok_json(&seqtopk(&[
-        "eval",
-        "loss",
-        "--checkpoint",
-        ckpt.to_str().unwrap(),
-        "--input-ids",
-        ids.to_str().unwrap(),
-        "--dump-logits",
-        dump.to_str().unwrap(),
-        "--batch-size",
-        "2",
-    ]));
+    let report = ok_json(&eval_loss(
+        &ckpt,
+        &ids,
+        &["--dump-logits", dump.to_str().unwrap(), "--batch-size", "2"],
+    ));
     assert!((report["loss"].as_f64().unwrap() - want).abs() <= 1e-5);
 
     let got_bytes = std::fs::read(&dump).unwrap();
@@ -116,16 +117,11 @@ fn dumped_logits_equal_hf_and_batching_keeps_the_loss() {
 
     // The dump is never overwritten.
     let before = std::fs::read(&dump).unwrap();
-    let err = failure(&seqtopk(&[
-        "eval",
-        "loss",
-        "--checkpoint",
-        ckpt.to_str().unwrap(),
-        "--input-ids",
-        ids.to_str().unwrap(),
-        "--dump-logits",
-        dump.to_str().unwrap(),
-    ]));
+    let err = failure(&eval_loss(
+        &ckpt,
+        &ids,
+        &["--dump-logits", dump.to_str().unwrap()],
+    ));
     assert!(err.contains("already exists"), "{err}");
     assert_eq!(std::fs::read(&dump).unwrap(), before);
 }
@@ -135,18 +131,11 @@ fn router_override_changes_the_routing_and_is_reported() {
     let dir = scratch("router");
     let (ids, _, topk_loss) = golden_rows("olmoe-tiny", &dir);
     let ckpt = fixture("olmoe-tiny");
-    let report = ok_json(&seqtopk(&[
-        "eval",
-        "loss",
-        "--checkpoint",
-        ckpt.to_str().unwrap(),
-        "--input-ids",
-        ids.to_str().unwrap(),
-        "--router",
-        "seqtopk",
-        "--cap",
-        "3",
-    ]));
+    let report = ok_json(&eval_loss(
+        &ckpt,
+        &ids,
+        &["--router", "seqtopk", "--cap", "3"],
+    ));
     assert_eq!(report["router"]["mode"], "seqtopk");
     assert_eq!(report["router"]["cap"], 3);
     assert_eq!(report["router"]["floor"], 1);
@@ -156,18 +145,11 @@ fn router_override_changes_the_routing_and_is_reported() {
         (loss - topk_loss).abs() > 1e-6,
         "sequence-level routing gives other logits than top-K"
     );
-    let err = failure(&seqtopk(&[
-        "eval",
-        "loss",
-        "--checkpoint",
-        ckpt.to_str().unwrap(),
-        "--input-ids",
-        ids.to_str().unwrap(),
-        "--router",
-        "seqtopk",
-        "--k",
-        "9",
-    ]));
+    let err = failure(&eval_loss(
+        &ckpt,
+        &ids,
+        &["--router", "seqtopk", "--k", "9"],
+    ));
     assert!(err.contains("top_k") && err.contains("got 9"), "{err}");
 }
 
@@ -176,18 +158,7 @@ fn online_budget_rules_and_causality_are_reported() {
     let dir = scratch("online");
     let (ids, _, _) = golden_rows("olmoe-tiny", &dir);
     let ckpt = fixture("olmoe-tiny");
-    let run = |extra: &[&str]| {
-        let mut args = vec![
-            "eval",
-            "loss",
-            "--checkpoint",
-            ckpt.to_str().unwrap(),
-            "--input-ids",
-            ids.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        seqtopk(&args)
-    };
+    let run = |extra: &[&str]| eval_loss(&ckpt, &ids, extra);
     let rank = ok_json(&run(&["--router", "online_seqtopk"]));
     assert_eq!(rank["router"]["online_budget"], "rank");
     assert_eq!(rank["router"]["causal"], true);
@@ -221,7 +192,6 @@ fn online_budget_rules_and_causality_are_reported() {
 fn bad_inputs_fail_with_a_clear_message() {
     let dir = scratch("errors");
     let ckpt = fixture("olmoe-tiny");
-    let ckpt = ckpt.to_str().unwrap();
     let write = |name: &str, text: &str| {
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
@@ -230,14 +200,7 @@ fn bad_inputs_fail_with_a_clear_message() {
     let good = write("good.json", "[[1, 5, 9], [1, 7]]");
 
     let missing = dir.join("no-such-checkpoint");
-    let err = failure(&seqtopk(&[
-        "eval",
-        "loss",
-        "--checkpoint",
-        missing.to_str().unwrap(),
-        "--input-ids",
-        good.to_str().unwrap(),
-    ]));
+    let err = failure(&eval_loss(&missing, &good, &[]));
     assert!(err.contains("no-such-checkpoint"), "{err}");
 
     let cases = [
@@ -261,28 +224,14 @@ fn bad_inputs_fail_with_a_clear_message() {
     ];
     for (file, text, want) in cases {
         let p = write(file, text);
-        let err = failure(&seqtopk(&[
-            "eval",
-            "loss",
-            "--checkpoint",
-            ckpt,
-            "--input-ids",
-            p.to_str().unwrap(),
-        ]));
+        let err = failure(&eval_loss(&ckpt, &p, &[]));
         assert!(err.contains(want), "{file}: {err}");
         assert!(
             err.contains(file),
             "{file}: the message names the file: {err}"
         );
     }
-    let err = failure(&seqtopk(&[
-        "eval",
-        "loss",
-        "--checkpoint",
-        ckpt,
-        "--input-ids",
-        dir.join("absent.json").to_str().unwrap(),
-    ]));
+    let err = failure(&eval_loss(&ckpt, &dir.join("absent.json"), &[]));
     assert!(err.contains("absent.json"), "{err}");
 }
 
@@ -326,14 +275,7 @@ fn non_finite_weights_and_logits_are_errors_not_null() {
     std::fs::write(&rows, "[[1, 5, 9], [1, 7, 3, 4]]").unwrap();
     let key = "model.layers.1.self_attn.o_proj.weight";
     let nan = edited_fixture(&dir, key, |v| v[7] = f32::NAN);
-    let err = failure(&seqtopk(&[
-        "eval",
-        "loss",
-        "--checkpoint",
-        nan.to_str().unwrap(),
-        "--input-ids",
-        rows.to_str().unwrap(),
-    ]));
+    let err = failure(&eval_loss(&nan, &rows, &[]));
     assert!(
         err.contains("layers.1.self_attn.o_proj.weight") && err.contains("1 non-finite values"),
         "{err}"
@@ -349,14 +291,7 @@ fn non_finite_weights_and_logits_are_errors_not_null() {
 
     // Finite weights whose logits overflow: the row and position are named.
     let huge = edited_fixture(&dir, "lm_head.weight", |v| v.fill(f32::MAX));
-    let err = failure(&seqtopk(&[
-        "eval",
-        "loss",
-        "--checkpoint",
-        huge.to_str().unwrap(),
-        "--input-ids",
-        rows.to_str().unwrap(),
-    ]));
+    let err = failure(&eval_loss(&huge, &rows, &[]));
     assert!(
         err.contains("row 0, position 0: the logits are not finite"),
         "{err}"
@@ -371,16 +306,7 @@ fn half_precision_scores_close_to_f32() {
     let (ids, _, want) = golden_rows("olmoe-tiny", &dir);
     let ckpt = fixture("olmoe-tiny");
     let loss = |precision: &str| {
-        let report = ok_json(&seqtopk(&[
-            "eval",
-            "loss",
-            "--checkpoint",
-            ckpt.to_str().unwrap(),
-            "--input-ids",
-            ids.to_str().unwrap(),
-            "--precision",
-            precision,
-        ]));
+        let report = ok_json(&eval_loss(&ckpt, &ids, &["--precision", precision]));
         report["loss"].as_f64().unwrap()
     };
     assert!((loss("f32") - want).abs() <= 1e-5);
@@ -392,15 +318,6 @@ fn half_precision_scores_close_to_f32() {
             "{precision}: loss {half} vs HF f32 {want}"
         );
     }
-    let e = failure(&seqtopk(&[
-        "eval",
-        "loss",
-        "--checkpoint",
-        ckpt.to_str().unwrap(),
-        "--input-ids",
-        ids.to_str().unwrap(),
-        "--precision",
-        "fp8",
-    ]));
+    let e = failure(&eval_loss(&ckpt, &ids, &["--precision", "fp8"]));
     assert!(e.contains("bf16"), "{e}");
 }

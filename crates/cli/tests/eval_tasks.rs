@@ -32,6 +32,11 @@ fn seqtopk(args: &[&str]) -> Output {
     support::seqtopk(&[args, &["--data-dir", data.to_str().unwrap()]].concat())
 }
 
+/// Runs `seqtopk eval --checkpoint ck args… --data-dir data/samples`: every run here but one.
+fn eval(ck: &Path, args: &[&str]) -> Output {
+    seqtopk(&[&["eval", "--checkpoint", ck.to_str().unwrap()], args].concat())
+}
+
 fn check_result(r: &Value, n: u64) {
     let task = r["task"].as_str().unwrap();
     let score = r["score"].as_f64().unwrap();
@@ -53,19 +58,19 @@ fn eval_writes_json_and_a_table() {
     let dir = tempfile::tempdir().unwrap();
     let ck = tiny_checkpoint(dir.path(), true);
     let out = dir.path().join("results.json");
-    let o = seqtopk(&[
-        "eval",
-        "--checkpoint",
-        ck.to_str().unwrap(),
-        "--tasks",
-        "gsm8k,mmlu_law,lambada,ppl",
-        "--limit",
-        "2",
-        "--max-new-tokens",
-        "8",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = eval(
+        &ck,
+        &[
+            "--tasks",
+            "gsm8k,mmlu_law,lambada,ppl",
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            "8",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
@@ -113,17 +118,17 @@ fn eval_writes_json_and_a_table() {
     assert!(stdout.contains("average"));
     // The output is not replaced without --overwrite.
     let before = std::fs::read_to_string(&out).unwrap();
-    let o = seqtopk(&[
-        "eval",
-        "--checkpoint",
-        ck.to_str().unwrap(),
-        "--tasks",
-        "lambada",
-        "--limit",
-        "1",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = eval(
+        &ck,
+        &[
+            "--tasks",
+            "lambada",
+            "--limit",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--overwrite"));
     assert_eq!(std::fs::read_to_string(&out).unwrap(), before);
@@ -133,21 +138,21 @@ fn eval_writes_json_and_a_table() {
 fn every_task_runs_including_code_in_the_sandbox() {
     let dir = tempfile::tempdir().unwrap();
     let ck = tiny_checkpoint(dir.path(), true);
-    let o = seqtopk(&[
-        "eval",
-        "--checkpoint",
-        ck.to_str().unwrap(),
-        "--tasks",
-        "all",
-        "--limit",
-        "1",
-        "--max-new-tokens",
-        "6",
-        "--router",
-        "online_seqtopk",
-        "--k",
-        "1",
-    ]);
+    let o = eval(
+        &ck,
+        &[
+            "--tasks",
+            "all",
+            "--limit",
+            "1",
+            "--max-new-tokens",
+            "6",
+            "--router",
+            "online_seqtopk",
+            "--k",
+            "1",
+        ],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // Without --out the JSON is on stdout and the table on stderr.
     let report: Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -196,21 +201,21 @@ fn compare_prints_and_writes_the_router_table() {
     let ck = tiny_checkpoint(dir.path(), true);
     let out = dir.path().join("study.json");
     let md = dir.path().join("table.md");
-    let o = seqtopk(&[
-        "eval",
-        "--checkpoint",
-        ck.to_str().unwrap(),
-        "--tasks",
-        "mmlu_law,lambada",
-        "--limit",
-        "2",
-        "--compare",
-        "topk:2,seqtopk:2,online_seqtopk:1",
-        "--out",
-        out.to_str().unwrap(),
-        "--markdown",
-        md.to_str().unwrap(),
-    ]);
+    let o = eval(
+        &ck,
+        &[
+            "--tasks",
+            "mmlu_law,lambada",
+            "--limit",
+            "2",
+            "--compare",
+            "topk:2,seqtopk:2,online_seqtopk:1",
+            "--out",
+            out.to_str().unwrap(),
+            "--markdown",
+            md.to_str().unwrap(),
+        ],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let study: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let runs = study["runs"].as_array().unwrap();
@@ -251,71 +256,39 @@ fn bad_invocations_fail_clearly() {
     let no_tok = tiny_checkpoint(&dir.path().join("a"), false);
     let ck = tiny_checkpoint(&dir.path().join("b"), true);
     let missing = dir.path().join("missing");
-    let cases: Vec<(Vec<&str>, &str)> = vec![
+    let cases: Vec<(&Path, Vec<&str>, &str)> = vec![
+        (&no_tok, vec!["--tasks", "lambada"], "tokenizer.json"),
+        (&ck, vec!["--tasks", "gsm8k,nope"], "unknown task `nope`"),
         (
-            vec![
-                "eval",
-                "--checkpoint",
-                no_tok.to_str().unwrap(),
-                "--tasks",
-                "lambada",
-            ],
-            "tokenizer.json",
-        ),
-        (
-            vec![
-                "eval",
-                "--checkpoint",
-                ck.to_str().unwrap(),
-                "--tasks",
-                "gsm8k,nope",
-            ],
-            "unknown task `nope`",
-        ),
-        (
-            vec![
-                "eval",
-                "--checkpoint",
-                ck.to_str().unwrap(),
-                "--compare",
-                "topk:2",
-                "--router",
-                "seqtopk",
-            ],
+            &ck,
+            vec!["--compare", "topk:2", "--router", "seqtopk"],
             "--compare",
         ),
         (
-            vec![
-                "eval",
-                "--checkpoint",
-                ck.to_str().unwrap(),
-                "--compare",
-                "fastest:2",
-            ],
+            &ck,
+            vec!["--compare", "fastest:2"],
             "unknown routing mode `fastest`",
         ),
         (
-            vec![
-                "eval",
-                "--checkpoint",
-                ck.to_str().unwrap(),
-                "--compare",
-                "topk:x",
-            ],
+            &ck,
+            vec!["--compare", "topk:x"],
             "K must be a positive integer",
         ),
-        (vec!["eval", "--tasks", "gsm8k"], "--checkpoint"),
-        (
-            vec!["eval", "--checkpoint", missing.to_str().unwrap()],
-            "not a directory",
-        ),
+        (&missing, vec![], "not a directory"),
     ];
-    for (args, expected) in cases {
-        let o = seqtopk(&args);
+    for (checkpoint, args, expected) in cases {
+        let o = eval(checkpoint, &args);
         let stderr = String::from_utf8_lossy(&o.stderr);
-        assert!(!o.status.success(), "{args:?} succeeded");
-        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        let run = format!("{} {args:?}", checkpoint.display());
+        assert!(!o.status.success(), "{run} succeeded");
+        assert!(stderr.contains(expected), "{run}: {stderr}");
     }
+    // No checkpoint at all.
+    let args = ["eval", "--tasks", "gsm8k"];
+    let o = seqtopk(&args);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{args:?} succeeded");
+    assert!(stderr.contains("--checkpoint"), "{args:?}: {stderr}");
     // A data directory without the task's file names the file and the option.
     let o = support::command([
         "eval",
@@ -342,18 +315,18 @@ fn an_unwritable_out_fails_before_the_evaluation() {
     let ck = tiny_checkpoint(&dir.path().join("b"), true);
     let out_dir = dir.path().join("results");
     std::fs::create_dir_all(&out_dir).unwrap();
-    let out = seqtopk(&[
-        "eval",
-        "--checkpoint",
-        ck.to_str().unwrap(),
-        "--tasks",
-        "lambada",
-        "--limit",
-        "1",
-        "--out",
-        out_dir.to_str().unwrap(),
-        "--overwrite",
-    ]);
+    let out = eval(
+        &ck,
+        &[
+            "--tasks",
+            "lambada",
+            "--limit",
+            "1",
+            "--out",
+            out_dir.to_str().unwrap(),
+            "--overwrite",
+        ],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
