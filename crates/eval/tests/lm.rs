@@ -2,7 +2,7 @@
 //! equals the model's own greedy generation, log-likelihoods equal an independent computation
 //! from `forward`, multiple choice picks the most likely option, perplexity matches the loss.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use burn::tensor::Device;
@@ -13,6 +13,33 @@ use tokenizers::Tokenizer;
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../checkpoints/fixtures/olmoe-tiny")
+}
+
+/// The committed task samples, `data/samples`.
+fn samples() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/samples")
+}
+
+/// The items of the generation task `task` read from `data` (at most `limit`).
+fn generation_items(
+    task: TaskId,
+    data: &Path,
+    limit: Option<usize>,
+) -> Vec<seqtopk_eval::tasks::GenItem> {
+    match seqtopk_eval::load_task(task, data, limit).unwrap() {
+        seqtopk_eval::TaskData::Generate(items) => items,
+        _ => panic!("{task} is not a generation task"),
+    }
+}
+
+/// The first three records of the JSON-lines file `path`.
+fn first_three(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .take(3)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 fn setup() -> (MoeTransformer, Tokenizer, Device) {
@@ -367,29 +394,21 @@ fn malformed_data_is_reported_with_file_and_line() {
 
 #[test]
 fn real_samples_load_for_every_task() {
-    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/samples");
+    let data = samples();
     for task in TaskId::ALL {
         let d = seqtopk_eval::load_task(task, &data, Some(3)).unwrap();
         let expected = if task == TaskId::Ppl { 12 } else { 3 };
         assert_eq!(d.len(), expected, "{task}");
     }
     // MBPP: the three shots are in every prompt and are not scored.
-    let seqtopk_eval::TaskData::Generate(items) =
-        seqtopk_eval::load_task(TaskId::Mbpp, &data, None).unwrap()
-    else {
-        panic!("mbpp is a generation task")
-    };
+    let items = generation_items(TaskId::Mbpp, &data, None);
     assert_eq!(items.len(), 150 - 3);
     assert_eq!(items[0].id, "14");
     assert_eq!(items[0].prompt.matches("[BEGIN]").count(), 4);
     assert_eq!(items[0].prompt.matches("[DONE]").count(), 3);
     assert!(items[0].prompt.ends_with("[BEGIN]\n"));
     // GSM8K gold answers are the numbers after ####.
-    let seqtopk_eval::TaskData::Generate(items) =
-        seqtopk_eval::load_task(TaskId::Gsm8k, &data, Some(2)).unwrap()
-    else {
-        panic!()
-    };
+    let items = generation_items(TaskId::Gsm8k, &data, Some(2));
     assert_eq!(
         items[0].reference,
         seqtopk_eval::tasks::Reference::Gsm8k("18".into())
@@ -398,11 +417,7 @@ fn real_samples_load_for_every_task() {
         items[0].prompt.starts_with("Question: Janet") && items[0].prompt.ends_with("\nAnswer:")
     );
     // MATH-500 gold answers come from the solution's last \boxed{}.
-    let seqtopk_eval::TaskData::Generate(items) =
-        seqtopk_eval::load_task(TaskId::Math500, &data, Some(1)).unwrap()
-    else {
-        panic!()
-    };
+    let items = generation_items(TaskId::Math500, &data, Some(1));
     assert_eq!(
         items[0].reference,
         seqtopk_eval::tasks::Reference::Math("\\left( 3, \\frac{\\pi}{2} \\right)".into())
@@ -412,14 +427,9 @@ fn real_samples_load_for_every_task() {
 #[test]
 fn canonical_solutions_pass_the_sandbox() {
     // The sandbox + program assembly accept the datasets' own reference solutions.
-    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/samples");
+    let data = samples();
     let sb = seqtopk_eval::Sandbox::new(seqtopk_eval::SandboxConfig::default()).unwrap();
-    let he: Vec<serde_json::Value> = std::fs::read_to_string(data.join("code/humaneval.jsonl"))
-        .unwrap()
-        .lines()
-        .take(3)
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let he = first_three(&data.join("code/humaneval.jsonl"));
     for r in &he {
         let s = |k: &str| r[k].as_str().unwrap().to_string();
         let program = seqtopk_eval::evaluate::humaneval_program(
@@ -431,12 +441,7 @@ fn canonical_solutions_pass_the_sandbox() {
         let run = sb.run(&program).unwrap();
         assert!(run.passed(), "{}: {run:?}", s("task_id"));
     }
-    let mbpp: Vec<serde_json::Value> = std::fs::read_to_string(data.join("code/mbpp_test.jsonl"))
-        .unwrap()
-        .lines()
-        .take(3)
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let mbpp = first_three(&data.join("code/mbpp_test.jsonl"));
     for r in &mbpp {
         let tests: Vec<String> = serde_json::from_value(r["test_list"].clone()).unwrap();
         let code = format!("{}\n[DONE]", r["code"].as_str().unwrap());
