@@ -9,11 +9,7 @@ use safetensors::SafeTensors;
 use seqtopk_model::{LoadError, causal_lm_loss, load_checkpoint};
 use seqtopk_router::{LbConvention, RouterConfig, RoutingMode, TokenLayout, load_balancing_loss};
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../checkpoints/fixtures")
-        .join(name)
-}
+use crate::support::fixture;
 
 fn to_vec(t: burn::tensor::Tensor<3>) -> Vec<f32> {
     t.into_data().try_into_vec_as::<f32>().unwrap()

@@ -3,19 +3,13 @@
 #![allow(missing_docs)]
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 
 use burn::tensor::Device;
-use safetensors::SafeTensors;
 use seqtopk_model::{FinishReason, GenerationConfig, ModelError, MoeTransformer, load_checkpoint};
 use seqtopk_router::select::{Candidates, online_count};
 use seqtopk_router::{RouterConfig, RoutingMode, TokenLayout};
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../checkpoints/fixtures")
-        .join(name)
-}
+use crate::support::{Golden, fixture};
 
 fn model(name: &str) -> MoeTransformer {
     load_checkpoint(fixture(name), &Device::flex()).unwrap()
@@ -31,39 +25,7 @@ fn prompts() -> Vec<Vec<u32>> {
 
 /// HF's left-padded prompts and greedy continuations from the golden file.
 fn hf_generation(name: &str) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
-    let bytes = std::fs::read(fixture(name).join("golden.safetensors")).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let get = |k: &str| -> (Vec<usize>, Vec<i64>) {
-        let t = st.tensor(k).unwrap();
-        (
-            t.shape().to_vec(),
-            t.data()
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-                .collect(),
-        )
-    };
-    let (shape, ids) = get("gen_prompt_ids");
-    let (_, mask) = get("gen_attention_mask");
-    let (oshape, out) = get("gen_output_ids");
-    let (b, t, to) = (shape[0], shape[1], oshape[1]);
-    let prompts = (0..b)
-        .map(|r| {
-            (0..t)
-                .filter(|&i| mask[r * t + i] == 1)
-                .map(|i| ids[r * t + i] as u32)
-                .collect()
-        })
-        .collect();
-    let want = (0..b)
-        .map(|r| {
-            out[r * to + t..(r + 1) * to]
-                .iter()
-                .map(|&i| i as u32)
-                .collect()
-        })
-        .collect();
-    (prompts, want)
+    Golden::open(name).generation()
 }
 
 #[test]

@@ -4,73 +4,10 @@
 //! left-padded prompts through the KV cache.
 #![allow(missing_docs)]
 
-use std::path::PathBuf;
-
-use burn::tensor::{Device, FloatDType};
-use safetensors::SafeTensors;
-use safetensors::tensor::Dtype;
+use burn::tensor::{Device, FloatDType, Tensor};
 use seqtopk_model::{causal_lm_loss, load_checkpoint};
-use seqtopk_router::TokenLayout;
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../checkpoints/fixtures")
-        .join(name)
-}
-
-struct Golden {
-    bytes: Vec<u8>,
-}
-
-impl Golden {
-    fn open(name: &str) -> Self {
-        Self {
-            bytes: std::fs::read(fixture(name).join("golden.safetensors"))
-                .expect("golden.safetensors"),
-        }
-    }
-
-    fn get(&self, key: &str) -> (Vec<usize>, Dtype, Vec<u8>) {
-        let st = SafeTensors::deserialize(&self.bytes).unwrap();
-        let t = st
-            .tensor(key)
-            .unwrap_or_else(|_| panic!("golden key {key}"));
-        (t.shape().to_vec(), t.dtype(), t.data().to_vec())
-    }
-
-    fn f32s(&self, key: &str) -> (Vec<usize>, Vec<f32>) {
-        let (shape, dtype, data) = self.get(key);
-        assert_eq!(dtype, Dtype::F32, "{key}");
-        (
-            shape,
-            data.chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect(),
-        )
-    }
-
-    /// The golden right-padded batch: ids, which positions are real, and its layout.
-    fn batch(&self) -> (Vec<u32>, Vec<bool>, TokenLayout) {
-        let (shape, ids) = self.i64s("input_ids");
-        let (_, mask) = self.i64s("attention_mask");
-        let (b, t) = (shape[0], shape[1]);
-        let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
-        let valid: Vec<bool> = mask.iter().map(|&m| m == 1).collect();
-        let layout = TokenLayout::new(b, t, valid.clone(), vec![0; b * t]).unwrap();
-        (ids, valid, layout)
-    }
-
-    fn i64s(&self, key: &str) -> (Vec<usize>, Vec<i64>) {
-        let (shape, dtype, data) = self.get(key);
-        assert_eq!(dtype, Dtype::I64, "{key}");
-        (
-            shape,
-            data.chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-                .collect(),
-        )
-    }
-}
+use crate::support::{Golden, fixture};
 
 /// Checks logits, router logits and loss of `name` against `prefix`-ed goldens; returns max |Δlogit|.
 fn check_forward(name: &str, prefix: &str, tol: f32) -> f32 {
@@ -81,12 +18,7 @@ fn check_forward(name: &str, prefix: &str, tol: f32) -> f32 {
     let out = model.forward(&ids, &layout, &device).unwrap();
     let (lshape, want) = g.f32s(&format!("{prefix}logits"));
     let v = lshape[2];
-    let got = out
-        .logits
-        .clone()
-        .into_data()
-        .try_into_vec_as::<f32>()
-        .unwrap();
+    let got = host(&out.logits);
     let max = max_diff(&got, &want, &valid, v);
     let worst = worst_excess(&got, &want, &valid, v, tol);
     assert!(
@@ -97,12 +29,7 @@ fn check_forward(name: &str, prefix: &str, tol: f32) -> f32 {
     for (out_r, &layer) in out.router_outputs.iter().zip(&out.moe_layers) {
         let (rshape, want) = g.f32s(&format!("{prefix}router_logits.{layer}"));
         let e = rshape[1];
-        let got = out_r
-            .logits
-            .clone()
-            .into_data()
-            .try_into_vec_as::<f32>()
-            .unwrap();
+        let got = host(&out_r.logits);
         let rmax = max_diff(&got, &want, &valid, e);
         assert!(
             worst_excess(&got, &want, &valid, e, tol) <= 0.0,
@@ -130,27 +57,11 @@ fn check_forward(name: &str, prefix: &str, tol: f32) -> f32 {
 fn check_generation(name: &str) {
     let device = Device::flex();
     let model = load_checkpoint(fixture(name), &device).unwrap();
-    let g = Golden::open(name);
-    let (shape, ids) = g.i64s("gen_prompt_ids");
-    let (_, mask) = g.i64s("gen_attention_mask");
-    let (oshape, want) = g.i64s("gen_output_ids");
-    let (b, t) = (shape[0], shape[1]);
-    let prompts: Vec<Vec<u32>> = (0..b)
-        .map(|r| {
-            (0..t)
-                .filter(|&i| mask[r * t + i] == 1)
-                .map(|i| ids[r * t + i] as u32)
-                .collect()
-        })
-        .collect();
-    let new = oshape[1] - t;
+    let (prompts, want) = Golden::open(name).generation();
+    let new = want[0].len();
     let got = model.generate_greedy(&prompts, new, &[2], &device).unwrap();
-    for r in 0..b {
-        let want_row: Vec<u32> = want[r * oshape[1] + t..(r + 1) * oshape[1]]
-            .iter()
-            .map(|&i| i as u32)
-            .collect();
-        assert_eq!(got[r], want_row, "{name}: row {r}");
+    for (r, want_row) in want.iter().enumerate() {
+        assert_eq!(&got[r], want_row, "{name}: row {r}");
     }
 }
 
@@ -198,7 +109,11 @@ fn mixtral_bf16_weights_run_in_f32() {
     check_forward("mixtral-tiny-bf16", "f32_upcast.", PARITY_TOL);
 }
 
-/// Max |Δ| over the valid positions of `[B·T, width]` rows.
+/// `t`'s values on the host, as f32.
+fn host<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
+    t.clone().into_data().try_into_vec_as::<f32>().unwrap()
+}
+
 /// By how much the worst valid element exceeds `atol + RTOL·|want|` (≤ 0: all within).
 fn worst_excess(got: &[f32], want: &[f32], valid: &[bool], width: usize, atol: f32) -> f32 {
     let mut worst = f32::NEG_INFINITY;
@@ -213,6 +128,7 @@ fn worst_excess(got: &[f32], want: &[f32], valid: &[bool], width: usize, atol: f
     worst
 }
 
+/// Max |Δ| over the valid positions of `[B·T, width]` rows.
 fn max_diff(got: &[f32], want: &[f32], valid: &[bool], width: usize) -> f32 {
     let mut max = 0f32;
     for (p, &v) in valid.iter().enumerate() {
@@ -240,12 +156,7 @@ fn mixtral_bf16_compute_matches_hf_bf16() {
         let g = Golden::open(name);
         let (ids, valid, layout) = g.batch();
         let out = model.forward(&ids, &layout, &device).unwrap();
-        let got = out
-            .logits
-            .clone()
-            .into_data()
-            .try_into_vec_as::<f32>()
-            .unwrap();
+        let got = host(&out.logits);
         let (lshape, want) = g.f32s("logits");
         let (_, f32_run) = g.f32s("f32_upcast.logits");
         let v = lshape[2];
