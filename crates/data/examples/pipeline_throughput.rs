@@ -104,20 +104,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut load_secs = 0.0;
         for src in all.iter().filter(|s| mode == Mode::Pretrain || is_sft(s)) {
             let cfg = DataConfig {
-                tokenizer: tokenizer.clone(),
-                sources: vec![src.clone()],
-                seq_len,
-                batch_size: 8,
                 mode,
                 packing,
-                seed: 0,
-                shuffle: true,
-                validation_fraction: 0.0,
-                on_bad_line: Default::default(),
-                chat_template: Default::default(),
-                eos_token: None,
-                pad_token: None,
-                add_eos: true,
+                ..DataConfig::new(tokenizer.clone(), vec![src.clone()], seq_len, 8)
             };
             let t0 = Instant::now();
             let mut pipe = Pipeline::new(cfg)?;

@@ -2,7 +2,7 @@
 //! `tools/data/make_chat_fixture.py` with transformers 5.23 and the real OLMoE tokenizer).
 
 use crate::common::*;
-use seqtopk_data::{ChatTemplate, ChatTemplateKind, Message, load_tokenizer};
+use seqtopk_data::{ChatTemplate, ChatTemplateKind, DataConfig, Message, load_tokenizer};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -70,7 +70,7 @@ fn trainable_tokens_decode_to_the_answers() {
     // For the Tulu family on the real tokenizer: the tokens marked as targets are exactly the
     // assistant contents, each followed by EOS.
     let f = fixture();
-    let mut cfg = config(olmoe_tokenizer(), vec![], 64, 1);
+    let mut cfg = DataConfig::new(olmoe_tokenizer(), vec![], 64, 1);
     cfg.mode = seqtopk_data::Mode::Sft;
     for c in f
         .cases

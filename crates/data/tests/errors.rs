@@ -4,7 +4,7 @@ use crate::common::*;
 use seqtopk_data::{ChatTemplateKind, DataConfig, DataError, OnBadLine, Pipeline, SourceFormat};
 
 fn one_source(path: std::path::PathBuf, format: SourceFormat) -> DataConfig {
-    config(
+    DataConfig::new(
         tiny_tokenizer(),
         vec![source(path, format, "math", 1.0)],
         16,

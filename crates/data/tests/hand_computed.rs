@@ -4,7 +4,7 @@
 //! ran 14, `Q:` 15, `2+2?` 16, `4` 17.
 
 use crate::common::*;
-use seqtopk_data::{Batch, ChatTemplateKind, Mode, Packing, Pipeline, SourceFormat};
+use seqtopk_data::{Batch, ChatTemplateKind, DataConfig, Mode, Packing, Pipeline, SourceFormat};
 
 const EOS: u32 = 1;
 
@@ -19,7 +19,7 @@ fn three_docs(name: &str) -> std::path::PathBuf {
 }
 
 fn pretrain(path: std::path::PathBuf, seq_len: usize, batch: usize, packing: Packing) -> Pipeline {
-    let mut cfg = config(
+    let mut cfg = DataConfig::new(
         tiny_tokenizer(),
         vec![source(path, SourceFormat::Auto, "writing", 1.0)],
         seq_len,
@@ -102,6 +102,9 @@ fn padded_long_document_continues_in_next_row() {
     assert_eq!(b.row(&b.targets, 2), &[11, EOS as i32, -1, -1]);
 }
 
+/// One chat record: the user says "the cat", the assistant answers "a dog".
+const CHAT: &str = "{\"messages\": [{\"role\": \"user\", \"content\": \"the cat\"}, {\"role\": \"assistant\", \"content\": \"a dog\"}]}\n";
+
 fn sft(seq_len: usize, batch: usize, template: ChatTemplateKind, packing: Packing) -> Pipeline {
     let d = tmp_dir(&format!("sft-{seq_len}-{template:?}-{packing:?}"));
     let pc = write(
@@ -109,12 +112,8 @@ fn sft(seq_len: usize, batch: usize, template: ChatTemplateKind, packing: Packin
         "pc.jsonl",
         "{\"prompt\": \"Q: 2+2?\", \"completion\": \" 4\"}\n",
     );
-    let chat = write(
-        &d,
-        "chat.jsonl",
-        "{\"messages\": [{\"role\": \"user\", \"content\": \"the cat\"}, {\"role\": \"assistant\", \"content\": \"a dog\"}]}\n",
-    );
-    let mut cfg = config(
+    let chat = write(&d, "chat.jsonl", CHAT);
+    let mut cfg = DataConfig::new(
         tiny_tokenizer(),
         vec![
             source(pc, SourceFormat::PromptCompletion, "math", 1.0),
@@ -181,12 +180,8 @@ fn sft_packing_never_splits_an_example() {
     // Only the chat source (8 tokens): with seq_len 10 a second copy (next epoch) does not fit
     // in the 2 remaining slots, so the row is padded instead of splitting the example.
     let d = tmp_dir("sft-nosplit");
-    let chat = write(
-        &d,
-        "chat.jsonl",
-        "{\"messages\": [{\"role\": \"user\", \"content\": \"the cat\"}, {\"role\": \"assistant\", \"content\": \"a dog\"}]}\n",
-    );
-    let mut cfg = config(
+    let chat = write(&d, "chat.jsonl", CHAT);
+    let mut cfg = DataConfig::new(
         tiny_tokenizer(),
         vec![source(chat, SourceFormat::Auto, "law", 1.0)],
         10,
@@ -236,7 +231,7 @@ fn plain_text_directory_is_one_document_per_file() {
     write(&d, "empty.txt", "   \n");
     let mut s = source(d.clone(), SourceFormat::Text, "writing", 1.0);
     s.extensions = Some(vec!["txt".into()]);
-    let mut cfg = config(tiny_tokenizer(), vec![s], 12, 1);
+    let mut cfg = DataConfig::new(tiny_tokenizer(), vec![s], 12, 1);
     cfg.shuffle = false;
     let mut p = Pipeline::new(cfg).unwrap();
     assert_eq!(p.summary()[0].train_documents, 3);

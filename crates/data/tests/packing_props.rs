@@ -4,7 +4,7 @@
 
 use crate::common::*;
 use proptest::prelude::*;
-use seqtopk_data::{Packing, Pipeline, SourceFormat};
+use seqtopk_data::{DataConfig, Packing, Pipeline, SourceFormat};
 
 const WORDS: [(&str, u32); 8] = [
     ("the", 7),
@@ -33,7 +33,7 @@ fn run(
         })
         .collect();
     let path = write(&d, "docs.jsonl", &jsonl);
-    let mut cfg = config(
+    let mut cfg = DataConfig::new(
         tiny_tokenizer(),
         vec![source(path, SourceFormat::TextJsonl, "x", 1.0)],
         seq_len,

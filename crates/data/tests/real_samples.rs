@@ -5,7 +5,7 @@ use seqtopk_data::{ChatTemplateKind, DataConfig, Mode, Packing, Pipeline, Source
 
 fn mixture(seq_len: usize, batch: usize) -> DataConfig {
     let s = samples();
-    config(
+    DataConfig::new(
         olmoe_tokenizer(),
         vec![
             source(
@@ -107,7 +107,7 @@ fn mixture_weights_are_respected() {
 
 #[test]
 fn sft_on_gsm8k_trains_exactly_the_answers() {
-    let mut cfg = config(
+    let mut cfg = DataConfig::new(
         olmoe_tokenizer(),
         vec![source(
             samples().join("math/gsm8k_test.jsonl"),
@@ -159,7 +159,7 @@ fn sft_on_gsm8k_trains_exactly_the_answers() {
 
 #[test]
 fn esft_chat_sft_with_olmoe_template() {
-    let mut cfg = config(
+    let mut cfg = DataConfig::new(
         olmoe_tokenizer(),
         vec![source(
             samples().join("law/esft_train_law.jsonl"),
@@ -284,7 +284,7 @@ fn every_committed_sample_loads_and_tokenises() {
         }
     }
     for mode in [Mode::Pretrain, Mode::Sft] {
-        let mut cfg = config(olmoe_tokenizer(), sources.clone(), 1024, 8);
+        let mut cfg = DataConfig::new(olmoe_tokenizer(), sources.clone(), 1024, 8);
         cfg.mode = mode;
         let mut p = Pipeline::new(cfg).unwrap();
         for _ in 0..5 {

@@ -7,7 +7,7 @@ use seqtopk_data::{
 
 fn pretrain_cfg() -> DataConfig {
     let s = samples();
-    let mut cfg = config(
+    let mut cfg = DataConfig::new(
         olmoe_tokenizer(),
         vec![
             source(
@@ -39,7 +39,7 @@ fn pretrain_cfg() -> DataConfig {
 
 fn sft_cfg() -> DataConfig {
     let s = samples();
-    let mut cfg = config(
+    let mut cfg = DataConfig::new(
         olmoe_tokenizer(),
         vec![
             source(
@@ -104,7 +104,7 @@ fn sft_resume_is_exact() {
 #[test]
 fn resume_across_an_epoch_boundary_is_exact() {
     // Only 2 documents (~11k tokens of US founding texts): 8 batches of 4x512 pass an epoch.
-    let mut cfg = config(
+    let mut cfg = DataConfig::new(
         olmoe_tokenizer(),
         vec![source(
             samples().join("law/us_constitution.jsonl"),

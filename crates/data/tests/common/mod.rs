@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use seqtopk_data::{DataConfig, SourceConfig, SourceFormat};
+use seqtopk_data::{SourceConfig, SourceFormat};
 
 /// Repository root.
 pub fn root() -> PathBuf {
@@ -53,30 +53,5 @@ pub fn source(path: PathBuf, format: SourceFormat, domain: &str, weight: f64) ->
         prompt_field: None,
         completion_field: None,
         extensions: None,
-    }
-}
-
-/// A config with defaults for the given tokenizer and sources.
-pub fn config(
-    tokenizer: PathBuf,
-    sources: Vec<SourceConfig>,
-    seq_len: usize,
-    batch_size: usize,
-) -> DataConfig {
-    DataConfig {
-        tokenizer,
-        sources,
-        seq_len,
-        batch_size,
-        mode: Default::default(),
-        packing: Default::default(),
-        seed: 0,
-        shuffle: true,
-        validation_fraction: 0.0,
-        on_bad_line: Default::default(),
-        chat_template: Default::default(),
-        eos_token: None,
-        pad_token: None,
-        add_eos: true,
     }
 }
