@@ -3,9 +3,6 @@
 # plot.py uses to draw docs/study/*.png from the runs' TensorBoard event files. Needs PyPI.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-PY="${PYTHON:-python3}"
-if [ ! -x "$HERE/.venv/bin/python" ]; then
-  "$PY" -m venv "$HERE/.venv"
-fi
-"$HERE/.venv/bin/pip" install --quiet --upgrade pip
-"$HERE/.venv/bin/pip" install --quiet -r "$HERE/requirements.txt"
+# shellcheck source=../venv.sh
+source "$HERE/../venv.sh"
+make_venv "$HERE" "${PYTHON:-python3}"

@@ -5,10 +5,7 @@
 # it so that CI runs that test.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-PY="${PYTHON:-python3}"
-if [ ! -x "$HERE/.venv/bin/python" ]; then
-  "$PY" -m venv "$HERE/.venv"
-fi
-"$HERE/.venv/bin/pip" install --quiet --upgrade pip
-"$HERE/.venv/bin/pip" install --quiet -r "$HERE/requirements.txt"
+# shellcheck source=../venv.sh
+source "$HERE/../venv.sh"
+make_venv "$HERE" "${PYTHON:-python3}"
 "$HERE/.venv/bin/python" -c "import tensorboard; print('tensorboard', tensorboard.__version__)"
