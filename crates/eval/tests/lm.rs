@@ -49,6 +49,18 @@ fn setup() -> (MoeTransformer, Tokenizer, Device) {
     (model, tok, device)
 }
 
+/// `ln softmax(row)[id]`, in f64, from one row of logits.
+fn log_prob(row: &[f32], id: u32) -> f64 {
+    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max
+        + row
+            .iter()
+            .map(|&x| (x as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    row[id as usize] as f64 - lse
+}
+
 /// Log-probability of each next token of `ids`, computed on the host from one forward pass.
 fn host_logprobs(model: &MoeTransformer, ids: &[u32], device: &Device) -> Vec<f64> {
     let out = model
@@ -57,17 +69,7 @@ fn host_logprobs(model: &MoeTransformer, ids: &[u32], device: &Device) -> Vec<f6
     let [_, t, v] = out.logits.dims();
     let logits: Vec<f32> = out.logits.into_data().try_into_vec_as::<f32>().unwrap();
     (0..t - 1)
-        .map(|i| {
-            let row = &logits[i * v..(i + 1) * v];
-            let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let lse = max
-                + row
-                    .iter()
-                    .map(|&x| (x as f64 - max).exp())
-                    .sum::<f64>()
-                    .ln();
-            row[ids[i + 1] as usize] as f64 - lse
-        })
+        .map(|i| log_prob(&logits[i * v..(i + 1) * v], ids[i + 1]))
         .collect()
 }
 
@@ -201,15 +203,8 @@ fn generation_logprobs(
             .into_data()
             .try_into_vec_as::<f32>()
             .unwrap();
-        let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let lse = max
-            + row
-                .iter()
-                .map(|&x| (x as f64 - max).exp())
-                .sum::<f64>()
-                .ln();
         assert_eq!(row.len(), v);
-        out.push(row[id as usize] as f64 - lse);
+        out.push(log_prob(&row, id));
         last = model
             .forward_with(
                 &[id],
