@@ -29,7 +29,7 @@ impl Golden {
     }
 
     /// Shape, dtype and raw bytes of `key`.
-    pub fn get(&self, key: &str) -> (Vec<usize>, Dtype, Vec<u8>) {
+    fn get(&self, key: &str) -> (Vec<usize>, Dtype, Vec<u8>) {
         let st = SafeTensors::deserialize(&self.bytes).unwrap();
         let t = st
             .tensor(key)
@@ -39,14 +39,7 @@ impl Golden {
 
     /// Shape and values of the f32 tensor `key`.
     pub fn f32s(&self, key: &str) -> (Vec<usize>, Vec<f32>) {
-        let (shape, dtype, data) = self.get(key);
-        assert_eq!(dtype, Dtype::F32, "{key}");
-        (
-            shape,
-            data.chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect(),
-        )
+        self.values(key, Dtype::F32, f32::from_le_bytes)
     }
 
     /// The golden right-padded batch: ids, which positions are real, and its layout.
@@ -62,14 +55,23 @@ impl Golden {
 
     /// Shape and values of the i64 tensor `key`.
     pub fn i64s(&self, key: &str) -> (Vec<usize>, Vec<i64>) {
-        let (shape, dtype, data) = self.get(key);
-        assert_eq!(dtype, Dtype::I64, "{key}");
-        (
-            shape,
-            data.chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-                .collect(),
-        )
+        self.values(key, Dtype::I64, i64::from_le_bytes)
+    }
+
+    /// Shape and little-endian values of `key`, which must be stored as `dtype`.
+    fn values<T, const N: usize>(
+        &self,
+        key: &str,
+        dtype: Dtype,
+        from_le: fn([u8; N]) -> T,
+    ) -> (Vec<usize>, Vec<T>) {
+        let (shape, stored, data) = self.get(key);
+        assert_eq!(stored, dtype, "{key}");
+        let values = data
+            .chunks_exact(N)
+            .map(|c| from_le(c.try_into().unwrap()))
+            .collect();
+        (shape, values)
     }
 
     /// HF's left-padded greedy-generation prompts (unpadded) and the tokens it generated after
