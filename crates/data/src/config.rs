@@ -248,10 +248,9 @@ mod tests {
     /// sets of defaults cannot drift apart.
     #[test]
     fn new_matches_a_recipe_that_leaves_the_rest_out() {
-        let parsed: DataConfig = toml::from_str(
-            "tokenizer = \"t.json\"\nsources = []\nseq_len = 16\nbatch_size = 2\n",
-        )
-        .unwrap();
+        let parsed: DataConfig =
+            toml::from_str("tokenizer = \"t.json\"\nsources = []\nseq_len = 16\nbatch_size = 2\n")
+                .unwrap();
         assert_eq!(parsed, DataConfig::new("t.json".into(), vec![], 16, 2));
     }
 }
