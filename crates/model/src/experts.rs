@@ -12,12 +12,17 @@
 //! weights gathered) for the rest. [`plan_tiers`] picks `C₁` by counting padded rows; decoding a
 //! few tokens thereby runs just the selected experts.
 
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, unary};
+use burn::backend::flex::{Flex, FlexTensor};
 use burn::module::{Module, Param};
 use burn::tensor::activation::silu;
 use burn::tensor::{DType, Device, IndexingUpdateOp, Int, Tensor, TensorData};
 use seqtopk_router::RoutingPlan;
 
 use crate::LoadError;
+use crate::fused::{FusedOp, Rows, on_flex, par_rows, sigmoid, with_width};
 use crate::hf_keys::MoeKeys;
 use crate::lora::LoraFactors;
 use crate::weights::{Init, Weights, transpose};
@@ -125,11 +130,7 @@ impl Experts {
     }
 
     fn swiglu(&self, x: Tensor<3>, gate_up: Tensor<3>, down: Tensor<3>) -> Tensor<3> {
-        let i = down.dims()[1];
-        let gu = x.matmul(gate_up);
-        let gate = gu.clone().narrow(2, 0, i);
-        let up = gu.narrow(2, i, i);
-        (silu(gate) * up).matmul(down)
+        gated_silu(x.matmul(gate_up)).matmul(down)
     }
 
     /// `Σ_{(p, e) ∈ plan} w_{p,e} · expert_e(x_p)` for the flattened input `x` `[N, H]`.
@@ -172,11 +173,8 @@ impl Experts {
             let xg = x.clone().select(0, rows.clone()).reshape([s, c, h]);
             let which = (!tier.all_experts)
                 .then(|| int_tensor(tier.experts.iter().map(|&e| e as i64).collect(), &device));
-            let i = self.down.base().dims()[1];
             let gu = project(&self.gate_up, xg, which.as_ref());
-            let gate = gu.clone().narrow(2, 0, i);
-            let up = gu.narrow(2, i, i);
-            let out = project(&self.down, silu(gate) * up, which.as_ref()).reshape([s * c, h]);
+            let out = project(&self.down, gated_silu(gu), which.as_ref()).reshape([s * c, h]);
             let w = weights
                 .clone()
                 .select(0, int_tensor(slot_index, &device))
@@ -418,9 +416,116 @@ pub(crate) fn load_experts(
     Ok(Experts::from_hf(&hf, source.device()))
 }
 
+/// `silu(gate) ⊙ up` for `gu = [gate | up]` along the last axis (the stacked `gate_up`
+/// projection's output), one fused op on the CPU backend (see `fused`).
+fn gated_silu(gu: Tensor<3>) -> Tensor<3> {
+    on_flex(GatedSilu, &gu).unwrap_or_else(|| {
+        let i = gu.dims()[2] / 2;
+        let gate = gu.clone().narrow(2, 0, i);
+        let up = gu.narrow(2, i, i);
+        silu(gate) * up
+    })
+}
+
+/// [`gated_silu`] as one op. It keeps its input, which holds both halves its backward needs;
+/// Burn's composition keeps the sigmoid and the SiLU besides.
+#[derive(Debug, Clone)]
+struct GatedSilu;
+
+impl FusedOp for GatedSilu {
+    fn forward(&self, gu: &FlexTensor) -> (FlexTensor, FlexTensor) {
+        let rows = Rows::of(gu);
+        let shape = gu.layout().shape();
+        let i = shape.last().copied().unwrap_or(0) / 2;
+        let out = par_rows(with_width(shape, i), |row, out| {
+            let (gate, up) = rows.floats(row).split_at(i);
+            for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+                *o = g * sigmoid(g) * u;
+            }
+        });
+        (out, gu.clone())
+    }
+}
+
+impl Backward<Flex, 1> for GatedSilu {
+    type State = FlexTensor;
+
+    /// `∂up = ∂y ⊙ silu(g)`, `∂gate = ∂y ⊙ up ⊙ σ(g)(1 + g(1 − σ(g)))`, row by row.
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let gu = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
+            let (rows, grad) = (Rows::of(&gu), Rows::of(&grad));
+            par_rows(gu.layout().shape().clone(), |row, out| {
+                let i = out.len() / 2;
+                let (gate, up) = rows.floats(row).split_at(i);
+                let (d_gate, d_up) = out.split_at_mut(i);
+                let dy = grad.floats(row);
+                for j in 0..i {
+                    let s = sigmoid(gate[j]);
+                    d_up[j] = dy[j] * (gate[j] * s);
+                    d_gate[j] = dy[j] * up[j] * s * (1.0 + gate[j] * (1.0 - s));
+                }
+            })
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fused `silu(gate) ⊙ up` equals Burn's composition in value and in the gradient of
+    /// `[gate | up]`, with and without recomputation and outside autodiff, and is the op taken.
+    #[test]
+    fn fused_gated_silu_matches_burn() {
+        use burn::tensor::Distribution;
+        for device in [
+            Device::flex().autodiff(),
+            Device::flex().autodiff().gradient_checkpointing(),
+            Device::flex(),
+        ] {
+            let values = Tensor::<3>::random([3, 5, 14], Distribution::Normal(0.0, 4.0), &device)
+                .into_data();
+            let weights = Tensor::<3>::random([3, 5, 7], Distribution::Default, &device);
+            let tracked = device != Device::flex();
+            let run = |fuse: bool| {
+                let mut gu = Tensor::<3>::from_data(values.clone(), &device);
+                if tracked {
+                    gu = gu.require_grad();
+                }
+                let y = match fuse {
+                    true => {
+                        assert!(on_flex::<3, 3>(GatedSilu, &gu).is_some());
+                        gated_silu(gu.clone())
+                    }
+                    false => silu(gu.clone().narrow(2, 0, 7)) * gu.clone().narrow(2, 7, 7),
+                };
+                let to_vec = |t: Tensor<3>| t.into_data().try_to_vec::<f32>().expect("f32");
+                let grad = tracked.then(|| {
+                    let grads = (y.clone() * weights.clone()).sum().backward();
+                    to_vec(gu.grad(&grads).expect("tracked"))
+                });
+                (to_vec(y), grad)
+            };
+            let ((y, g), (y_ref, g_ref)) = (run(true), run(false));
+            let max_diff = |a: &[f32], b: &[f32]| {
+                let d = a.iter().zip(b).map(|(a, b)| (a - b).abs());
+                d.fold(0.0f32, f32::max)
+            };
+            assert!(
+                max_diff(&y, &y_ref) < 1e-5,
+                "values: {}",
+                max_diff(&y, &y_ref)
+            );
+            if let (Some(g), Some(g_ref)) = (g, g_ref) {
+                assert!(
+                    max_diff(&g, &g_ref) < 1e-5,
+                    "gradients: {}",
+                    max_diff(&g, &g_ref)
+                );
+            }
+        }
+    }
 
     fn padded_rows(tiers: &[Tier]) -> usize {
         tiers.iter().map(|t| t.experts.len() * t.capacity).sum()

@@ -14,6 +14,7 @@ mod attention;
 mod config;
 mod error;
 mod experts;
+mod fused;
 mod generate;
 pub mod hf_keys;
 mod loader;

@@ -11,7 +11,7 @@
 //! none of them `[N, V]`-sized on the graph. This is the idea of Liger's fused linear
 //! cross-entropy, written with plain tensor ops so every backend runs it.
 
-use burn::tensor::activation::{log_softmax, softmax};
+use burn::tensor::activation::log_softmax;
 use burn::tensor::{DType, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use seqtopk_router::TokenLayout;
@@ -184,7 +184,7 @@ fn head_chunks(
         // softmax gives both the loss and the gradient without a separate log-sum-exp pass.
         let picked = logits.clone().gather(1, targets.clone());
         let max = logits.clone().max_dim(1);
-        let probs = softmax(logits, 1);
+        let probs = crate::softmax::softmax_rows(logits);
         let log_norm = probs.clone().max_dim(1).log().neg();
         nll.push((max - picked + log_norm).reshape([len]));
         if wants.hidden || wants.head {

@@ -1,143 +1,118 @@
-//! Attention's probabilities, `softmax(scale·s, masked → fill)`, as one op on the CPU backend.
+//! Softmax as one fused op on the CPU backend: attention's `softmax(scale·s, masked → fill)`
+//! and the loss head's softmax over the vocabulary.
 //!
-//! Burn's autodiff has no softmax of its own: it differentiates the decomposition
-//! `exp(x − max) / Σ exp(x − max)` op by op, and on the CPU backend (Flex) those element-wise
-//! ops run on one thread. Over attention's `[B, heads, T_q, T_k]` scores that is about ten
-//! single-threaded passes per layer and step (measured at `[4, 4, 512, 512]` in four causal
-//! blocks: 55 ms of a 95 ms attention forward and backward on two cores), and the scaling and
-//! masking before it are two more ops whose recomputation keeps the raw scores alive under
-//! balanced checkpointing. Here tracked f32 scores on Flex get one op: the same scaling and
-//! masking as untracked Flex ops, Flex's fused row-parallel softmax, and one row-parallel
-//! backward pass `∂s = scale · masked→0(p ⊙ (g − Σ g·p))`. The op keeps only its output (which
-//! the following `p·v` keeps anyway) and the mask. Every other case (GPU backends, untracked
-//! tensors, half precision) composes Burn's ops as before.
+//! Burn's autodiff differentiates the decomposition `exp(x − max) / Σ exp(x − max)` op by op,
+//! and before this op the scaling and masking were two more: about a dozen single-threaded
+//! passes over attention's `[B, heads, T_q, T_k]` scores per layer and step (at `[4, 4, 512,
+//! 512]` in four causal blocks, 55 ms of a 95 ms attention forward and backward on two cores),
+//! and recomputing the memory-bound ones kept the raw scores alive under balanced
+//! checkpointing. Here it is one [`FusedOp`]: forward, per row, scale, mask, max, `exp`, sum,
+//! normalise; backward `∂s = scale · masked→0(p ⊙ (g − Σ g·p))`; it keeps only its output
+//! (which the following `p·v` keeps anyway) and the mask, read in place even when expanded
+//! over heads. GPU backends and half precision compose Burn's ops.
 
-use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::{
-    BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
-};
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
-use burn::backend::flex::{Flex, FlexTensor, Layout};
-use burn::backend::ops::{ActivationOps, FloatTensorOps};
-use burn::backend::tensor::FloatTensor;
-use burn::backend::{DispatchKindConversion, DispatchTensor, Scalar};
+use burn::backend::autodiff::ops::{Backward, Ops, unary};
+use burn::backend::flex::{Flex, FlexTensor};
 use burn::tensor::activation::softmax;
-use burn::tensor::{Bool, Bytes, DType, Tensor};
-use rayon::prelude::*;
+use burn::tensor::{Bool, Tensor};
 
-/// Rows per parallel task: enough work per task at attention's row widths.
-const ROWS_PER_TASK: usize = 16;
+use crate::fused::{FusedOp, Rows, exp_nonpositive, flex_bool, lanes_fold, on_flex, par_rows};
 
 /// `softmax(scale·scores, masked → fill)` over the last axis (`masked` has the scores' shape),
-/// fused on the CPU backend while training (see the module docs).
+/// fused on the CPU backend (see the module docs).
 pub fn attention_probs(
     scores: Tensor<4>,
     masked: Tensor<4, Bool>,
     fill: f32,
     scale: f64,
 ) -> Tensor<4> {
-    let fused = Masking { fill, scale };
-    if scores.dtype() == DType::F32 {
-        if let Some(p) = fused.tracked_on::<NoCheckpointing>(&scores, &masked) {
-            return p;
-        }
-        if let Some(p) = fused.tracked_on::<BalancedCheckpointing>(&scores, &masked) {
-            return p;
-        }
-    }
-    softmax((scores * scale).mask_fill(masked, fill), 3)
+    let op = |masked| Masking {
+        fill,
+        scale,
+        masked,
+    };
+    flex_bool(&masked)
+        .and_then(|m| on_flex(op(Some(m)), &scores))
+        .unwrap_or_else(|| softmax((scores * scale).mask_fill(masked, fill), 3))
 }
 
-/// The scaling and the masked value of one attention softmax.
-#[derive(Debug, Clone, Copy)]
+/// `softmax` over the last axis of `[rows, width]` (the loss head's logits), fused on the CPU
+/// backend.
+pub(crate) fn softmax_rows(x: Tensor<2>) -> Tensor<2> {
+    let plain = Masking {
+        fill: 0.0,
+        scale: 1.0,
+        masked: None,
+    };
+    on_flex(plain, &x).unwrap_or_else(|| softmax(x, 1))
+}
+
+/// The scaling and the masked value of one softmax, and its mask (Flex's bool storage).
+#[derive(Debug, Clone)]
 struct Masking {
     fill: f32,
     scale: f64,
+    masked: Option<FlexTensor>,
 }
 
-impl Masking {
-    /// The fused op when `scores` is a tracked Flex tensor under checkpointing strategy `C`.
-    fn tracked_on<C: CheckpointStrategy>(
-        self,
-        scores: &Tensor<4>,
-        masked: &Tensor<4, Bool>,
-    ) -> Option<Tensor<4>>
-    where
-        DispatchTensor: DispatchKindConversion<Autodiff<Flex, C>>,
-    {
-        let s = scores
-            .clone()
-            .try_into_primitive::<Autodiff<Flex, C>>()
-            .ok()?;
-        let m = masked
-            .clone()
-            .try_into_primitive::<Autodiff<Flex, C>>()
-            .ok()?;
-        Some(Tensor::from_primitive::<Autodiff<Flex, C>>(
-            self.tracked::<C>(s, m),
-        ))
-    }
-
-    fn tracked<C: CheckpointStrategy>(
-        self,
-        scores: FloatTensor<Autodiff<Flex, C>>,
-        masked: FlexTensor,
-    ) -> FloatTensor<Autodiff<Flex, C>> {
-        let (scores, node) = scores.into_parts();
-        let last = scores.layout().shape().num_dims() - 1;
-        let x = Flex::float_mul_scalar(scores, Scalar::Float(self.scale));
-        let x = Flex::float_mask_fill(x, masked.clone(), Scalar::Float(f64::from(self.fill)));
-        let probs = <Flex as ActivationOps<Flex>>::softmax(x, last);
-        match self.prepare::<C>([node]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish((probs.clone(), masked), probs),
-            OpsKind::UnTracked(prep) => prep.finish(probs),
-        }
+impl FusedOp for Masking {
+    /// `softmax(scale·x, masked → fill)` row by row: keeps its output `p` (which the following
+    /// `p·v` keeps anyway) and the mask.
+    fn forward(&self, x: &FlexTensor) -> (FlexTensor, Self::State) {
+        let (xs, ms) = (Rows::of(x), self.masked.as_ref().map(Rows::of));
+        let (scale, fill) = (self.scale as f32, self.fill);
+        let probs = par_rows(x.layout().shape().clone(), |row, out| {
+            let x = xs.floats(row);
+            match &ms {
+                Some(m) => {
+                    for ((o, &x), &m) in out.iter_mut().zip(x).zip(m.flags(row)) {
+                        *o = if m != 0 { fill } else { x * scale };
+                    }
+                }
+                None => out.copy_from_slice(x),
+            }
+            let max = lanes_fold(out.iter().copied(), f32::NEG_INFINITY, f32::max);
+            for o in out.iter_mut() {
+                *o = exp_nonpositive(*o - max);
+            }
+            let inv = 1.0 / lanes_fold(out.iter().copied(), 0.0, |a, b| a + b);
+            for o in out.iter_mut() {
+                *o *= inv;
+            }
+        });
+        (probs.clone(), (probs, self.masked.clone()))
     }
 }
 
 impl Backward<Flex, 1> for Masking {
     /// The op's output `p` and the mask.
-    type State = (FlexTensor, FlexTensor);
+    type State = (FlexTensor, Option<FlexTensor>);
 
+    /// `∂x = scale · masked→0(p ⊙ (g − Σ g·p))`, row by row.
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (probs, masked) = ops.state;
+        let scale = self.scale as f32;
         unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
-            let d = softmax_backward(&probs, &grad);
-            let d = Flex::float_mask_fill(d, masked, Scalar::Float(0.0));
-            Flex::float_mul_scalar(d, Scalar::Float(self.scale))
+            let (p, g) = (Rows::of(&probs), Rows::of(&grad));
+            let m = masked.as_ref().map(Rows::of);
+            par_rows(probs.layout().shape().clone(), |row, out| {
+                let (p, g) = (p.floats(row), g.floats(row));
+                let dot = lanes_fold(p.iter().zip(g).map(|(p, g)| p * g), 0.0, |a, b| a + b);
+                for ((o, &p), &g) in out.iter_mut().zip(p).zip(g) {
+                    *o = scale * (p * (g - dot));
+                }
+                if let Some(m) = &m {
+                    for (o, &m) in out.iter_mut().zip(m.flags(row)) {
+                        if m != 0 {
+                            *o = 0.0;
+                        }
+                    }
+                }
+            })
         });
     }
-}
-
-/// `p ⊙ (g − Σ_last g·p)`, row-parallel, for f32 `p` and `g` of one shape.
-fn softmax_backward(probs: &FlexTensor, grad: &FlexTensor) -> FlexTensor {
-    let shape = probs.layout().shape().clone();
-    let width = shape.last().copied().unwrap_or(1).max(1);
-    let (probs, grad) = (probs.to_contiguous(), grad.to_contiguous());
-    let (p, g): (&[f32], &[f32]) = (probs.storage(), grad.storage());
-    let mut out = vec![0.0f32; p.len()];
-    let chunk = ROWS_PER_TASK * width;
-    out.par_chunks_mut(chunk)
-        .zip(p.par_chunks(chunk).zip(g.par_chunks(chunk)))
-        .for_each(|(o, (p, g))| {
-            for ((o, p), g) in o
-                .chunks_exact_mut(width)
-                .zip(p.chunks_exact(width))
-                .zip(g.chunks_exact(width))
-            {
-                let dot: f32 = p.iter().zip(g).map(|(p, g)| p * g).sum();
-                for ((o, &p), &g) in o.iter_mut().zip(p).zip(g) {
-                    *o = p * (g - dot);
-                }
-            }
-        });
-    FlexTensor::new(
-        Bytes::from_elems(out),
-        Layout::contiguous(shape),
-        DType::F32,
-    )
 }
 
 #[cfg(test)]
@@ -174,13 +149,13 @@ mod tests {
                 let run = |fuse: bool| {
                     let x = Tensor::<4>::from_data(values.clone(), &device).require_grad();
                     if fuse {
-                        let took = Masking { fill, scale }
-                            .tracked_on::<NoCheckpointing>(&x, &masked)
-                            .or_else(|| {
-                                Masking { fill, scale }
-                                    .tracked_on::<BalancedCheckpointing>(&x, &masked)
-                            })
-                            .is_some();
+                        let m = flex_bool(&masked).expect("a Flex mask");
+                        let op = Masking {
+                            fill,
+                            scale,
+                            masked: Some(m),
+                        };
+                        let took = on_flex::<4, 4>(op, &x).is_some();
                         assert!(took, "tracked f32 Flex scores take the fused op");
                     }
                     let p = match fuse {
@@ -221,5 +196,27 @@ mod tests {
                 assert!(g[row].iter().all(|&v| v == 0.0));
             }
         }
+    }
+
+    /// Outside autodiff (evaluation, generation) and for the loss head's rows, the fused
+    /// softmax equals Burn's, on a transposed (strided) input too.
+    #[test]
+    fn untracked_softmax_matches_burn() {
+        let device = Device::flex();
+        let x = Tensor::<4>::random([2, 3, 7, 11], Distribution::Normal(0.0, 4.0), &device);
+        let q = Tensor::<1, Int>::arange(0..7, &device).reshape([1, 1, 7, 1]);
+        let k = Tensor::<1, Int>::arange(0..11, &device).reshape([1, 1, 1, 11]);
+        let masked = k.greater(q).expand([2, 3, 7, 11]);
+        let close = |a: Tensor<4>, b: Tensor<4>| {
+            let diff: f32 = (a - b).abs().max().into_scalar();
+            assert!(diff < 1e-6, "differs by {diff}");
+        };
+        close(
+            attention_probs(x.clone(), masked.clone(), f32::MIN, 0.3),
+            softmax((x.clone() * 0.3).mask_fill(masked, f32::MIN), 3),
+        );
+        let rows = x.reshape([42, 11]).transpose();
+        let (fused, burn) = (softmax_rows(rows.clone()), softmax(rows, 1));
+        close(fused.unsqueeze(), burn.unsqueeze());
     }
 }
