@@ -43,10 +43,10 @@ pub struct StepShape {
     /// Whether the LM head trains (not under LoRA unless `modules_to_save` names it): the loss
     /// then keeps its weight gradient from the forward pass.
     pub head_trains: bool,
-    /// Whether attention's softmax is the CPU backend's fused op
-    /// (`seqtopk_model::attention_probs`), which keeps only its f32 probabilities; GPU backends
-    /// run Burn's decomposed softmax.
-    pub fused_softmax: bool,
+    /// Whether the backend is the CPU's, whose fused ops keep less: attention's softmax
+    /// (`seqtopk_model::attention_probs`) only its f32 probabilities, the experts' f32
+    /// `silu(gate) ⊙ up` only its input. GPU backends run Burn's compositions.
+    pub fused_ops: bool,
 }
 
 impl StepShape {
@@ -76,7 +76,7 @@ impl StepShape {
                 };
                 saved_by(&l.modules_to_save, head)
             }),
-            fused_softmax: recipe.backend == Backend::Cpu,
+            fused_ops: recipe.backend == Backend::Cpu,
         }
     }
 }
@@ -116,7 +116,7 @@ pub fn estimate(
     // beyond what the layer's already-freed activations gave back (measured). Recomputing a
     // half-precision attention adds an f32 score-sized tensor in both.
     let recomputed = shape.half && shape.recompute == Recompute::Balanced;
-    let held = match shape.fused_softmax {
+    let held = match shape.fused_ops {
         true => 1.0,
         false => 3.0,
     } + f64::from(u8::from(recomputed));
@@ -204,7 +204,7 @@ impl<'a> Activations<'a> {
     /// keep one more half-precision tensor either way.
     fn softmax_kept(&self) -> f64 {
         let half = if self.shape.half { self.a } else { 0.0 };
-        match (self.shape.fused_softmax, self.shape.recompute) {
+        match (self.shape.fused_ops, self.shape.recompute) {
             (false, Recompute::None) => F32 + self.a,
             (false, Recompute::Balanced) => self.a,
             (true, _) => F32 + half,
@@ -212,16 +212,20 @@ impl<'a> Activations<'a> {
     }
 
     /// A SwiGLU MLP of width `i` on `rows` rows: the gate and up projections, the sigmoid, the
-    /// SiLU and their product (the down projection's operand).
-    fn swiglu(&self, rows: f64, i: usize) -> f64 {
-        rows * 5.0 * i as f64 * self.a
+    /// SiLU and their product (the down projection's operand); `fused` (the experts' op on
+    /// the CPU in f32) keeps no sigmoid or SiLU.
+    fn swiglu(&self, rows: f64, i: usize, fused: bool) -> f64 {
+        let kept = if fused { 3.0 } else { 5.0 };
+        rows * kept * i as f64 * self.a
     }
 
     /// The feed-forward part of one layer.
     fn ffn(&self, ffn: &FfnKind) -> f64 {
         let h = self.c.hidden_size as f64;
         match (ffn, &self.c.moe) {
-            (FfnKind::Dense { intermediate_size }, _) => self.swiglu(self.n, *intermediate_size),
+            (FfnKind::Dense { intermediate_size }, _) => {
+                self.swiglu(self.n, *intermediate_size, false)
+            }
             (FfnKind::Moe, None) => 0.0,
             (FfnKind::Moe, Some(moe)) => {
                 let e = moe.num_experts as f64;
@@ -232,13 +236,15 @@ impl<'a> Activations<'a> {
                 // low-rank branch holds about another input and intermediate row per pair.
                 let pairs = self.n * self.shape.experts_per_token as f64 * DISPATCH_PADDING;
                 let i = moe.expert_intermediate_size;
-                let mut experts = pairs * h * self.a + self.swiglu(pairs, i) + pairs * h * F32;
+                let fused = self.shape.fused_ops && !self.shape.half;
+                let mut experts =
+                    pairs * h * self.a + self.swiglu(pairs, i, fused) + pairs * h * F32;
                 if self.shape.lora_on_experts {
                     experts += pairs * (h + i as f64) * self.a;
                 }
                 let shared = moe
                     .shared_expert_intermediate_size
-                    .map_or(0.0, |i| self.swiglu(self.n, i) + self.n * h * self.a);
+                    .map_or(0.0, |i| self.swiglu(self.n, i, false) + self.n * h * self.a);
                 router + experts + shared
             }
         }
