@@ -317,8 +317,7 @@ pub fn load_adapter(
     };
     let source = SafetensorsSource::open_files(std::slice::from_ref(&weights)).map_err(load)?;
     let mut used: Vec<String> = Vec::new();
-    let mut probe = model.clone();
-    let (sites, _) = probe
+    let (sites, _) = model
         .lora_sites(&spec)
         .map_err(|e| config_error(&dir.join(ADAPTER_CONFIG), e.to_string()))?;
     let tensor = |key: String, shape: Vec<usize>, used: &mut Vec<String>| {

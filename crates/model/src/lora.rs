@@ -646,7 +646,7 @@ impl MoeTransformer {
     /// The weights `spec` adapts, in HF order, and the entries of `target_modules` and
     /// `target_parameters` that select nothing.
     pub fn lora_sites(
-        &mut self,
+        &self,
         spec: &LoraSpec,
     ) -> Result<(Vec<AdapterSite>, Vec<String>), ModelError> {
         spec.select(self.config())
@@ -657,7 +657,7 @@ impl MoeTransformer {
     /// unfreezes `modules_to_save`. Returns the adapted sites. Every target must select
     /// something (a typo is an error naming it).
     pub fn with_lora(
-        mut self,
+        self,
         spec: &LoraSpec,
         seed: u64,
     ) -> Result<(Self, Vec<AdapterSite>), ModelError> {
