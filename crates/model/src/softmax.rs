@@ -9,7 +9,7 @@
 //! checkpointing. Here it is one [`FusedOp`]: forward, per row, scale, mask, max, `exp`, sum,
 //! normalise; backward `∂s = scale · masked→0(p ⊙ (g − Σ g·p))`; it keeps only its output
 //! (which the following `p·v` keeps anyway) and the mask, read in place even when expanded
-//! over heads. GPU backends and half precision compose Burn's ops.
+//! over heads. GPU backends, half precision and attention outside training compose Burn's ops.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::grads::Gradients;
@@ -18,10 +18,15 @@ use burn::backend::flex::{Flex, FlexTensor};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Tensor};
 
-use crate::fused::{FusedOp, Rows, exp_nonpositive, flex_bool, lanes_fold, on_flex, par_rows};
+use crate::fused::{
+    FusedOp, Rows, dot_lanes, exp_nonpositive, flex_bool, fold_lanes, on_autodiff_flex, on_flex,
+    par_rows,
+};
 
 /// `softmax(scale·scores, masked → fill)` over the last axis (`masked` has the scores' shape),
-/// fused on the CPU backend (see the module docs).
+/// fused when training on the CPU backend (see the module docs). Inference keeps Burn's
+/// composition: its libm `exp` and summation order keep Qwen2-MoE's logits within the HF
+/// parity fixtures' tolerance, which the fused op's rounding overstepped by 1e-6.
 pub fn attention_probs(
     scores: Tensor<4>,
     masked: Tensor<4, Bool>,
@@ -34,7 +39,7 @@ pub fn attention_probs(
         masked,
     };
     flex_bool(&masked)
-        .and_then(|m| on_flex(op(Some(m)), &scores))
+        .and_then(|m| on_autodiff_flex(&op(Some(m)), &scores))
         .unwrap_or_else(|| softmax((scores * scale).mask_fill(masked, fill), 3))
 }
 
@@ -63,25 +68,29 @@ impl FusedOp for Masking {
     fn forward(&self, x: &FlexTensor) -> (FlexTensor, Self::State) {
         let (xs, ms) = (Rows::of(x), self.masked.as_ref().map(Rows::of));
         let (scale, fill) = (self.scale as f32, self.fill);
-        let probs = par_rows(x.layout().shape().clone(), |row, out| {
-            let x = xs.floats(row);
-            match &ms {
-                Some(m) => {
-                    for ((o, &x), &m) in out.iter_mut().zip(x).zip(m.flags(row)) {
-                        *o = if m != 0 { fill } else { x * scale };
+        let probs = par_rows(
+            x.layout().shape().clone(),
+            #[inline(always)]
+            |row, out| {
+                let x = xs.floats(row);
+                match &ms {
+                    Some(m) => {
+                        for ((o, &x), &m) in out.iter_mut().zip(x).zip(m.flags(row)) {
+                            *o = if m != 0 { fill } else { x * scale };
+                        }
                     }
+                    None => out.copy_from_slice(x),
                 }
-                None => out.copy_from_slice(x),
-            }
-            let max = lanes_fold(out.iter().copied(), f32::NEG_INFINITY, f32::max);
-            for o in out.iter_mut() {
-                *o = exp_nonpositive(*o - max);
-            }
-            let inv = 1.0 / lanes_fold(out.iter().copied(), 0.0, |a, b| a + b);
-            for o in out.iter_mut() {
-                *o *= inv;
-            }
-        });
+                let max = fold_lanes(out, f32::NEG_INFINITY, f32::max);
+                for o in out.iter_mut() {
+                    *o = exp_nonpositive(*o - max);
+                }
+                let inv = 1.0 / fold_lanes(out, 0.0, |a, b| a + b);
+                for o in out.iter_mut() {
+                    *o *= inv;
+                }
+            },
+        );
         (probs.clone(), (probs, self.masked.clone()))
     }
 }
@@ -97,20 +106,24 @@ impl Backward<Flex, 1> for Masking {
         unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
             let (p, g) = (Rows::of(&probs), Rows::of(&grad));
             let m = masked.as_ref().map(Rows::of);
-            par_rows(probs.layout().shape().clone(), |row, out| {
-                let (p, g) = (p.floats(row), g.floats(row));
-                let dot = lanes_fold(p.iter().zip(g).map(|(p, g)| p * g), 0.0, |a, b| a + b);
-                for ((o, &p), &g) in out.iter_mut().zip(p).zip(g) {
-                    *o = scale * (p * (g - dot));
-                }
-                if let Some(m) = &m {
-                    for (o, &m) in out.iter_mut().zip(m.flags(row)) {
-                        if m != 0 {
-                            *o = 0.0;
+            par_rows(
+                probs.layout().shape().clone(),
+                #[inline(always)]
+                |row, out| {
+                    let (p, g) = (p.floats(row), g.floats(row));
+                    let dot = dot_lanes(p, g);
+                    for ((o, &p), &g) in out.iter_mut().zip(p).zip(g) {
+                        *o = scale * (p * (g - dot));
+                    }
+                    if let Some(m) = &m {
+                        for (o, &m) in out.iter_mut().zip(m.flags(row)) {
+                            if m != 0 {
+                                *o = 0.0;
+                            }
                         }
                     }
-                }
-            })
+                },
+            )
         });
     }
 }
@@ -155,7 +168,7 @@ mod tests {
                             scale,
                             masked: Some(m),
                         };
-                        let took = on_flex::<4, 4>(op, &x).is_some();
+                        let took = on_autodiff_flex::<4, 4>(&op, &x).is_some();
                         assert!(took, "tracked f32 Flex scores take the fused op");
                     }
                     let p = match fuse {
@@ -198,25 +211,24 @@ mod tests {
         }
     }
 
-    /// Outside autodiff (evaluation, generation) and for the loss head's rows, the fused
-    /// softmax equals Burn's, on a transposed (strided) input too.
+    /// The loss head's softmax (detached logits, outside autodiff) equals Burn's, on a
+    /// transposed (strided) input too.
     #[test]
-    fn untracked_softmax_matches_burn() {
+    fn row_softmax_matches_burn() {
         let device = Device::flex();
-        let x = Tensor::<4>::random([2, 3, 7, 11], Distribution::Normal(0.0, 4.0), &device);
-        let q = Tensor::<1, Int>::arange(0..7, &device).reshape([1, 1, 7, 1]);
-        let k = Tensor::<1, Int>::arange(0..11, &device).reshape([1, 1, 1, 11]);
-        let masked = k.greater(q).expand([2, 3, 7, 11]);
-        let close = |a: Tensor<4>, b: Tensor<4>| {
-            let diff: f32 = (a - b).abs().max().into_scalar();
+        let x = Tensor::<2>::random([42, 11], Distribution::Normal(0.0, 4.0), &device);
+        for rows in [x.clone(), x.transpose()] {
+            let plain = Masking {
+                fill: 0.0,
+                scale: 1.0,
+                masked: None,
+            };
+            assert!(on_flex::<2, 2>(plain, &rows).is_some());
+            let diff: f32 = (softmax_rows(rows.clone()) - softmax(rows, 1))
+                .abs()
+                .max()
+                .into_scalar();
             assert!(diff < 1e-6, "differs by {diff}");
-        };
-        close(
-            attention_probs(x.clone(), masked.clone(), f32::MIN, 0.3),
-            softmax((x.clone() * 0.3).mask_fill(masked, f32::MIN), 3),
-        );
-        let rows = x.reshape([42, 11]).transpose();
-        let (fused, burn) = (softmax_rows(rows.clone()), softmax(rows, 1));
-        close(fused.unsqueeze(), burn.unsqueeze());
+        }
     }
 }
