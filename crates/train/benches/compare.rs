@@ -818,13 +818,6 @@ fn wgpu_step(shapes: &Shapes) {
 
 /// Deterministic token ids in `[3, vocab)`.
 fn tokens(n: usize, vocab: usize) -> Vec<u32> {
-    let mut s: u64 = 0x5EED;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            3 + ((s >> 33) % (vocab as u64 - 3)) as u32
-        })
-        .collect()
+    let mut rng = seqtopk_rng::SplitMix64::new(0x5EED);
+    (0..n).map(|_| 3 + rng.below(vocab - 3) as u32).collect()
 }

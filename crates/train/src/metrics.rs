@@ -244,30 +244,16 @@ impl Monitor {
             let (mean, std) = r.mean_std();
             let (floor, cap) = r.floor_cap_fractions();
             let (imbalance, dead) = r.imbalance_and_dead();
-            ok(
-                failed,
-                w.add_scalar(&format!("{p}/experts_per_token_mean"), s, mean),
-            );
-            ok(
-                failed,
-                w.add_scalar(&format!("{p}/experts_per_token_std"), s, std),
-            );
-            ok(
-                failed,
-                w.add_scalar(&format!("{p}/fraction_at_floor"), s, floor),
-            );
-            ok(
-                failed,
-                w.add_scalar(&format!("{p}/fraction_at_cap"), s, cap),
-            );
-            ok(
-                failed,
-                w.add_scalar(&format!("{p}/load_imbalance_max_over_mean"), s, imbalance),
-            );
-            ok(
-                failed,
-                w.add_scalar(&format!("{p}/dead_experts"), s, dead as f64),
-            );
+            for (name, value) in [
+                ("experts_per_token_mean", mean),
+                ("experts_per_token_std", std),
+                ("fraction_at_floor", floor),
+                ("fraction_at_cap", cap),
+                ("load_imbalance_max_over_mean", imbalance),
+                ("dead_experts", dead as f64),
+            ] {
+                ok(failed, w.add_scalar(&format!("{p}/{name}"), s, value));
+            }
             // Integer x-axes, one bucket per value: experts given to a token (height = tokens), and
             // expert index (height = tokens routed to that expert).
             let counts = histogram(r.experts_per_token.iter().map(|&c| c as usize), r.cap);
