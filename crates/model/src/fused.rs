@@ -76,14 +76,13 @@ where
 /// A bool tensor's Flex storage, whether its device is the CPU backend under autodiff (either
 /// strategy) or not; `None` on other backends.
 pub(crate) fn flex_bool<const D: usize>(t: &Tensor<D, Bool>) -> Option<FlexTensor> {
-    let t = t.clone();
     t.clone()
         .try_into_primitive::<Autodiff<Flex, NoCheckpointing>>()
         .or_else(|_| {
             t.clone()
                 .try_into_primitive::<Autodiff<Flex, BalancedCheckpointing>>()
         })
-        .or_else(|_| t.try_into_primitive::<Flex>())
+        .or_else(|_| t.clone().try_into_primitive::<Flex>())
         .ok()
 }
 
@@ -119,11 +118,15 @@ impl Rows {
 }
 
 /// Where each row of `layout` starts in its storage, when its last axis is unit-stride and no
-/// stride is negative.
+/// stride is negative (a contiguous layout always qualifies, so [`Rows::of`]'s copy ends there).
 fn row_starts(layout: &Layout) -> Option<Vec<usize>> {
     let (shape, strides) = (layout.shape(), layout.strides());
     let n = shape.num_dims();
-    if n == 0 || (shape[n - 1] > 1 && strides[n - 1] != 1) || strides.iter().any(|&s| s < 0) {
+    if n == 0 {
+        // A scalar is one row of one element.
+        return Some(vec![layout.start_offset()]);
+    }
+    if (shape[n - 1] > 1 && strides[n - 1] != 1) || strides.iter().any(|&s| s < 0) {
         return None;
     }
     let rows: usize = (0..n - 1).map(|d| shape[d]).product();
